@@ -1,0 +1,7 @@
+//! warren: a P2P-aware chunk cache node for Nydus RAFS v6 container images.
+//!
+//! The library follows the data flow: [`rafs`] reads and writes the on-disk image format,
+//! [`build`] turns directories and layer tars into images.
+
+pub mod build;
+pub mod rafs;

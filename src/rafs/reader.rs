@@ -1,0 +1,524 @@
+//! Parses a RAFS v6 bootstrap into an [`Image`]. Every offset, count and index read from
+//! the file is checked before use: a corrupt or hostile bootstrap gives an error that names
+//! the inode or table at fault, never a panic or an endless walk.
+
+use super::codec::{Compressor, Digester};
+use super::error::{RafsError, Result};
+use super::image::*;
+use super::layout::*;
+use std::collections::HashMap;
+
+/// A parsed bootstrap: the image plus the raw tables `inspect` and `check` report on.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub image: Image,
+    pub super_block: SuperBlock,
+    pub ext_super_block: ExtSuperBlock,
+    pub devices: Vec<DeviceSlot>,
+    /// The on-disk nid of each inode, for error messages and prefetch tables.
+    pub nids: Vec<u64>,
+}
+
+pub fn read_bootstrap_file(path: &std::path::Path) -> Result<Bootstrap> {
+    let data = std::fs::read(path).map_err(|e| RafsError::io(path, e))?;
+    parse(&data)
+}
+
+pub fn parse(data: &[u8]) -> Result<Bootstrap> {
+    let sb = SuperBlock::decode(data)?;
+    let ext = ExtSuperBlock::decode(data)?;
+    if ext.flags & FLAG_TARFS_MODE != 0 {
+        return Err(RafsError::unsupported("bootstrap", "tarfs mode images"));
+    }
+    let compressor = Compressor::from_super_flags(ext.flags)?;
+    let digester = Digester::from_super_flags(ext.flags)?;
+    let devices = (0..sb.extra_devices as u64)
+        .map(|i| DeviceSlot::decode(data, i))
+        .collect::<Result<Vec<_>>>()?;
+    let blobs = read_blobs(data, &ext)?;
+    if blobs.len() != devices.len() {
+        return Err(RafsError::corrupt(
+            "blob table",
+            format!(
+                "{} blobs but {} devices in the device table",
+                blobs.len(),
+                devices.len()
+            ),
+        ));
+    }
+    let mut walker = TreeWalker {
+        data,
+        sb: &sb,
+        blobs: &blobs,
+        inodes: Vec::new(),
+        nids: Vec::new(),
+        by_nid: HashMap::new(),
+    };
+    walker.walk(sb.root_nid as u64)?;
+    let TreeWalker {
+        inodes,
+        nids,
+        by_nid,
+        ..
+    } = walker;
+    let prefetch = read_prefetch(data, &ext, &by_nid)?;
+    let image = Image {
+        chunk_size: ext.chunk_size,
+        compressor,
+        digester,
+        blobs,
+        inodes,
+        prefetch,
+    };
+    Ok(Bootstrap {
+        image,
+        super_block: sb,
+        ext_super_block: ext,
+        devices,
+        nids,
+    })
+}
+
+fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
+    if ext.blob_table_size as u64 % BLOB_ENTRY_SIZE != 0 {
+        return Err(RafsError::corrupt(
+            "blob table",
+            format!("size {} is not a multiple of 256", ext.blob_table_size),
+        ));
+    }
+    let count = ext.blob_table_size as u64 / BLOB_ENTRY_SIZE;
+    let mut blobs = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let e = BlobEntry::decode(data, ext.blob_table_offset + i * BLOB_ENTRY_SIZE)?;
+        if e.blob_index as u64 != i {
+            return Err(RafsError::corrupt(
+                "blob table",
+                format!("entry {i} says it is blob {}", e.blob_index),
+            ));
+        }
+        if !valid_chunk_size(e.chunk_size as u64) {
+            return Err(RafsError::corrupt(
+                "blob table",
+                format!("blob {} chunk size {:#x}", e.blob_id, e.chunk_size),
+            ));
+        }
+        if e.chunk_count > 1 << 24 {
+            return Err(RafsError::corrupt(
+                "blob table",
+                format!("blob {} has {} chunks", e.blob_id, e.chunk_count),
+            ));
+        }
+        blobs.push(BlobInfo {
+            compressor: Compressor::from_blob_id(e.compression_algo)?,
+            digester: Digester::from_blob_id(e.digest_algo)?,
+            chunk_size: e.chunk_size,
+            features: e.features,
+            compressed_size: e.compressed_size,
+            uncompressed_size: e.uncompressed_size,
+            meta: BlobMetaLocation {
+                compressor: e.ci_compressor,
+                offset: e.ci_offset,
+                compressed_size: e.ci_compressed_size,
+                uncompressed_size: e.ci_uncompressed_size,
+            },
+            toc_size: e.toc_size,
+            toc_digest: e.toc_digest,
+            chunks: Vec::with_capacity(e.chunk_count as usize),
+            blob_id: e.blob_id,
+        });
+    }
+    // The chunk table lists every chunk once, in digest order; file chunk indexes address
+    // them by (blob, index in blob), so place each record at its index.
+    if ext.chunk_table_size % CHUNK_INFO_SIZE != 0 {
+        return Err(RafsError::corrupt(
+            "chunk table",
+            format!("size {} is not a multiple of 80", ext.chunk_table_size),
+        ));
+    }
+    let n = ext.chunk_table_size / CHUNK_INFO_SIZE;
+    Le::at(data, ext.chunk_table_offset, ext.chunk_table_size)?;
+    let mut slots: Vec<Vec<Option<ChunkInfo>>> = blobs.iter().map(|_| Vec::new()).collect();
+    for i in 0..n {
+        let r = ChunkRecord::decode(data, ext.chunk_table_offset + i * CHUNK_INFO_SIZE)?;
+        let blob = r.blob_index as usize;
+        let Some(slot) = slots.get_mut(blob) else {
+            return Err(RafsError::corrupt(
+                "chunk table",
+                format!("record {i} names blob {blob}"),
+            ));
+        };
+        let idx = r.index as usize;
+        if idx >= 1 << 24 || r.uncompressed_size == 0 || r.uncompressed_size > 0x100_0000 {
+            return Err(RafsError::corrupt(
+                "chunk table",
+                format!("record {i}: index {idx}, size {}", r.uncompressed_size),
+            ));
+        }
+        if slot.len() <= idx {
+            slot.resize(idx + 1, None);
+        }
+        slot[idx] = Some(ChunkInfo {
+            digest: ChunkDigest(r.digest),
+            compressed_offset: r.compressed_offset,
+            compressed_size: r.compressed_size,
+            uncompressed_offset: r.uncompressed_offset,
+            uncompressed_size: r.uncompressed_size,
+            compressed: r.flags & CHUNK_FLAG_COMPRESSED != 0,
+            crc32: (r.flags & CHUNK_FLAG_HAS_CRC32 != 0).then_some(r.crc32),
+            file_offset: r.file_offset,
+        });
+    }
+    for (blob, slot) in blobs.iter_mut().zip(slots) {
+        for (i, c) in slot.into_iter().enumerate() {
+            // A hole in the table is only an error if a file points at it; keep a marker.
+            blob.chunks.push(c.unwrap_or(ChunkInfo {
+                digest: ChunkDigest::default(),
+                compressed_offset: 0,
+                compressed_size: 0,
+                uncompressed_offset: 0,
+                uncompressed_size: 0,
+                compressed: false,
+                crc32: None,
+                file_offset: i as u64,
+            }));
+        }
+    }
+    Ok(blobs)
+}
+
+fn read_prefetch(
+    data: &[u8],
+    ext: &ExtSuperBlock,
+    by_nid: &HashMap<u64, InodeId>,
+) -> Result<Vec<InodeId>> {
+    if ext.prefetch_table_size == 0 {
+        return Ok(Vec::new());
+    }
+    let r = Le::at(
+        data,
+        ext.prefetch_table_offset,
+        ext.prefetch_table_size as u64,
+    )?;
+    (0..ext.prefetch_table_size as usize / 4)
+        .map(|i| {
+            let nid = r.u32(i * 4) as u64;
+            by_nid.get(&nid).copied().ok_or_else(|| {
+                RafsError::corrupt(
+                    "prefetch table",
+                    format!("entry {i} names unknown nid {nid}"),
+                )
+            })
+        })
+        .collect()
+}
+
+struct TreeWalker<'a> {
+    data: &'a [u8],
+    sb: &'a SuperBlock,
+    blobs: &'a [BlobInfo],
+    inodes: Vec<Inode>,
+    nids: Vec<u64>,
+    by_nid: HashMap<u64, InodeId>,
+}
+
+impl TreeWalker<'_> {
+    /// Reads every inode reachable from the root, breadth first with an explicit queue so a
+    /// deep tree cannot overflow the stack. A directory reached twice is a cycle: refused.
+    fn walk(&mut self, root_nid: u64) -> Result<()> {
+        let root = self.load(root_nid)?;
+        if !self.inodes[root].is_dir() {
+            return Err(RafsError::BadInode {
+                nid: root_nid,
+                detail: "root is not a directory".into(),
+            });
+        }
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(dir) = queue.pop_front() {
+            let dir_nid = self.nids[dir];
+            let raw = match &self.inodes[dir].kind {
+                InodeKind::Dir(_) => self.read_dirents(dir_nid)?,
+                _ => continue,
+            };
+            let mut children = Vec::with_capacity(raw.len());
+            for (name, nid, _ftype) in raw {
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let known = self.by_nid.get(&nid).copied();
+                let child = match known {
+                    Some(id) if self.inodes[id].is_dir() => {
+                        return Err(RafsError::BadInode {
+                            nid,
+                            detail: "directory linked twice (cycle)".into(),
+                        })
+                    }
+                    Some(id) => id,
+                    None => {
+                        let id = self.load(nid)?;
+                        if self.inodes[id].is_dir() {
+                            queue.push_back(id);
+                        }
+                        id
+                    }
+                };
+                children.push(DirEntry { name, inode: child });
+            }
+            if !children.windows(2).all(|w| w[0].name < w[1].name) {
+                return Err(RafsError::BadInode {
+                    nid: dir_nid,
+                    detail: "directory entries not sorted or duplicated".into(),
+                });
+            }
+            self.inodes[dir].kind = InodeKind::Dir(children);
+        }
+        Ok(())
+    }
+
+    fn inode_offset(&self, nid: u64) -> Result<u64> {
+        (self.sb.meta_blkaddr as u64)
+            .checked_mul(BLOCK_SIZE)
+            .and_then(|b| b.checked_add(nid.checked_mul(INODE_SLOT)?))
+            .ok_or_else(|| RafsError::BadInode {
+                nid,
+                detail: "address overflows".into(),
+            })
+    }
+
+    fn load(&mut self, nid: u64) -> Result<InodeId> {
+        let bad = |detail: String| RafsError::BadInode { nid, detail };
+        if self.inodes.len() >= 1 << 31 {
+            return Err(bad("too many inodes".into()));
+        }
+        let off = self.inode_offset(nid)?;
+        let di = DiskInode::decode(self.data, off, nid)?;
+        let xattr_off = off + di.disk_size();
+        let xattrs = read_xattrs(self.data, xattr_off, di.xattr_icount)
+            .map_err(|e| bad(format!("xattrs: {e}")))?;
+        let tail_off = xattr_off + di.xattr_size();
+        let mode = di.mode as u32;
+        let mut rdev = (0, 0);
+        let kind = match mode & S_IFMT {
+            S_IFDIR => InodeKind::Dir(Vec::new()),
+            S_IFREG => InodeKind::File(self.read_chunks(nid, &di, tail_off)?),
+            S_IFLNK => {
+                if di.size == 0 || di.size > 4096 {
+                    return Err(bad(format!("symlink target of {} bytes", di.size)));
+                }
+                InodeKind::Symlink(self.read_data(nid, &di, tail_off)?)
+            }
+            S_IFCHR | S_IFBLK => {
+                rdev = decode_rdev(di.i_u);
+                InodeKind::Special
+            }
+            S_IFIFO | S_IFSOCK => InodeKind::Special,
+            _ => return Err(bad(format!("unknown file type in mode {mode:o}"))),
+        };
+        let id = self.inodes.len();
+        let mtime = if di.extended {
+            di.mtime
+        } else {
+            self.sb.build_time
+        };
+        self.inodes.push(Inode {
+            mode,
+            uid: di.uid,
+            gid: di.gid,
+            mtime,
+            mtime_nsec: di.mtime_nsec,
+            nlink: di.nlink,
+            size: di.size,
+            rdev,
+            xattrs,
+            kind,
+        });
+        self.nids.push(nid);
+        self.by_nid.insert(nid, id);
+        Ok(id)
+    }
+
+    /// The bytes of a flat (plain or inline) inode: whole blocks at `i_u`, and for the
+    /// inline layout the tail right after the inode and its xattrs.
+    fn read_data(&self, nid: u64, di: &DiskInode, tail_off: u64) -> Result<Vec<u8>> {
+        let bad = |detail: String| RafsError::BadInode { nid, detail };
+        if di.size > 1 << 32 {
+            return Err(bad(format!("flat data of {} bytes", di.size)));
+        }
+        let (blocks_len, tail_len) = match di.layout {
+            LAYOUT_FLAT_PLAIN => (di.size, 0),
+            LAYOUT_FLAT_INLINE => (di.size / BLOCK_SIZE * BLOCK_SIZE, di.size % BLOCK_SIZE),
+            other => {
+                return Err(bad(format!(
+                    "data layout {other} where flat data is expected"
+                )))
+            }
+        };
+        let mut out = Vec::with_capacity(di.size as usize);
+        if blocks_len > 0 {
+            let r = Le::at(self.data, di.i_u as u64 * BLOCK_SIZE, blocks_len)
+                .map_err(|e| bad(format!("data blocks: {e}")))?;
+            out.extend_from_slice(r.bytes(0, blocks_len as usize));
+        }
+        if tail_len > 0 {
+            if tail_off % BLOCK_SIZE + tail_len > BLOCK_SIZE {
+                return Err(bad("inline data crosses a block boundary".into()));
+            }
+            let r = Le::at(self.data, tail_off, tail_len)
+                .map_err(|e| bad(format!("inline data: {e}")))?;
+            out.extend_from_slice(r.bytes(0, tail_len as usize));
+        }
+        Ok(out)
+    }
+
+    fn read_dirents(&self, nid: u64) -> Result<Vec<(Vec<u8>, u64, u8)>> {
+        let off = self.inode_offset(nid)?;
+        let di = DiskInode::decode(self.data, off, nid)?;
+        let data = self.read_data(nid, &di, off + di.disk_size() + di.xattr_size())?;
+        parse_dir_blocks(&data).map_err(|detail| RafsError::BadInode { nid, detail })
+    }
+
+    fn read_chunks(&self, nid: u64, di: &DiskInode, tail_off: u64) -> Result<Vec<ChunkRef>> {
+        let bad = |detail: String| RafsError::BadInode { nid, detail };
+        if di.size == 0 {
+            return Ok(Vec::new());
+        }
+        if di.layout != LAYOUT_CHUNK_BASED {
+            return Err(bad(format!("regular file with data layout {}", di.layout)));
+        }
+        let bits = (di.i_u & CHUNK_FORMAT_BLKBITS_MASK) as u64 + BLOCK_BITS as u64;
+        if di.i_u & CHUNK_FORMAT_INDEXES == 0 || bits > 40 {
+            return Err(bad(format!("chunk format {:#x}", di.i_u)));
+        }
+        let span = 1u64 << bits;
+        let n = di.size.div_ceil(span);
+        let start = align_up(tail_off, CHUNK_INDEX_SIZE);
+        let r = Le::at(self.data, start, n.saturating_mul(CHUNK_INDEX_SIZE))
+            .map_err(|e| bad(format!("chunk indexes: {e}")))?;
+        let mut out = Vec::new();
+        for k in 0..n {
+            let idx = ChunkIndex::decode(&r, (k * CHUNK_INDEX_SIZE) as usize);
+            let blob = idx.device_id as usize;
+            let info = blob.checked_sub(1).and_then(|b| self.blobs.get(b));
+            let Some(info) = info else {
+                return Err(bad(format!(
+                    "chunk index {k} names device {}",
+                    idx.device_id
+                )));
+            };
+            // One index may stand for several consecutive chunks of the blob: the builder
+            // widens the per-inode chunk size when a file's chunks are contiguous.
+            let covered = span.min(di.size - k * span);
+            let count = covered.div_ceil(info.chunk_size as u64);
+            for j in 0..count {
+                let ci = idx.ci_index as u64 + j;
+                let ok = info
+                    .chunks
+                    .get(ci as usize)
+                    .is_some_and(|c| c.uncompressed_size != 0);
+                if !ok {
+                    return Err(bad(format!(
+                        "chunk {ci} of blob {} is not in the chunk table",
+                        info.blob_id
+                    )));
+                }
+                out.push(ChunkRef {
+                    blob: (blob - 1) as u32,
+                    index: ci as u32,
+                });
+            }
+        }
+        let total: u64 = out
+            .iter()
+            .map(|c| self.blobs[c.blob as usize].chunks[c.index as usize].uncompressed_size as u64)
+            .sum();
+        if total != di.size {
+            return Err(bad(format!(
+                "chunks hold {total} bytes, file size is {}",
+                di.size
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// Splits directory data into (name, nid, file type) entries, block by block.
+pub fn parse_dir_blocks(data: &[u8]) -> std::result::Result<Vec<(Vec<u8>, u64, u8)>, String> {
+    let mut out = Vec::new();
+    for (b, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
+        if block.len() < DIRENT_SIZE as usize {
+            return Err(format!("directory block {b} of {} bytes", block.len()));
+        }
+        let r = Le::at(block, 0, block.len() as u64).map_err(|e| e.to_string())?;
+        let first = r.u16(8) as usize;
+        if first % DIRENT_SIZE as usize != 0 || first == 0 || first > block.len() {
+            return Err(format!("directory block {b}: first name offset {first}"));
+        }
+        let n = first / DIRENT_SIZE as usize;
+        for k in 0..n {
+            let nid = r.u64(k * 12);
+            let start = r.u16(k * 12 + 8) as usize;
+            let ftype = r.u8(k * 12 + 10);
+            let end = if k + 1 < n {
+                r.u16((k + 1) * 12 + 8) as usize
+            } else {
+                block.len()
+            };
+            if start < first || end < start || end > block.len() {
+                return Err(format!(
+                    "directory block {b}: entry {k} name at {start}..{end}"
+                ));
+            }
+            let mut name = &block[start..end];
+            if k + 1 == n {
+                let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                name = &name[..len];
+            }
+            if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
+                return Err(format!(
+                    "directory block {b}: bad name {:?}",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            out.push((name.to_vec(), nid, ftype));
+        }
+    }
+    Ok(out)
+}
+
+fn read_xattrs(data: &[u8], off: u64, icount: u16) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let size = xattr_ibody_size(icount);
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let r = Le::at(data, off, size)?;
+    if size < 12 {
+        return Err(RafsError::corrupt("xattrs", "area shorter than its header"));
+    }
+    if r.u8(4) != 0 {
+        return Err(RafsError::unsupported("xattrs", "shared xattrs"));
+    }
+    let mut out = Vec::new();
+    let mut pos = 12usize;
+    while pos + 4 <= size as usize {
+        let name_len = r.u8(pos) as usize;
+        let index = r.u8(pos + 1);
+        let value_len = r.u16(pos + 2) as usize;
+        if name_len == 0 && index == 0 && value_len == 0 {
+            break; // zero padding after the last entry
+        }
+        let end = pos + 4 + name_len + value_len;
+        if end > size as usize {
+            return Err(RafsError::corrupt(
+                "xattrs",
+                format!("entry at {pos} runs past the area"),
+            ));
+        }
+        let prefix = xattr_prefix(index)
+            .ok_or_else(|| RafsError::corrupt("xattrs", format!("name index {index}")))?;
+        let mut name = prefix.to_vec();
+        name.extend_from_slice(r.bytes(pos + 4, name_len));
+        out.push((name, r.bytes(pos + 4 + name_len, value_len).to_vec()));
+        pos = align_up(end as u64, 4) as usize;
+    }
+    out.sort();
+    Ok(out)
+}

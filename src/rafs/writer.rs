@@ -1,0 +1,1 @@
+//! Serializes an [`Image`] into a RAFS v6 bootstrap.

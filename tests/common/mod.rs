@@ -1,0 +1,167 @@
+//! Shared test helpers: fixture paths, the ground-truth manifest, and comparing an image
+//! read by warren against it.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use warren::rafs::blobfile::BlobDir;
+use warren::rafs::image::{Image, InodeKind};
+
+pub fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("WARREN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(
+        dir.join("tree.manifest.tsv").exists(),
+        "fixtures not found at {} (set WARREN_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn warren_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warren"))
+}
+
+/// One line of `tree.manifest.tsv`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: String,
+    pub mode: String,
+    pub uid: String,
+    pub gid: String,
+    pub size: String,
+    pub mtime: String,
+    pub nlink: String,
+    pub sha_or_target: String,
+    pub rdev: String,
+    pub xattrs: String,
+}
+
+pub fn load_manifest() -> BTreeMap<String, Entry> {
+    let text = std::fs::read_to_string(fixtures().join("tree.manifest.tsv")).unwrap();
+    parse_manifest(&text)
+}
+
+pub fn parse_manifest(text: &str) -> BTreeMap<String, Entry> {
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            assert_eq!(c.len(), 11, "manifest line {l:?}");
+            (
+                c[0].to_string(),
+                Entry {
+                    kind: c[1].into(),
+                    mode: c[2].into(),
+                    uid: c[3].into(),
+                    gid: c[4].into(),
+                    size: c[5].into(),
+                    mtime: c[6].into(),
+                    nlink: c[7].into(),
+                    sha_or_target: c[8].into(),
+                    rdev: c[9].into(),
+                    xattrs: c[10].into(),
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The manifest as warren sees the image: every entry, with file bytes read (and verified)
+/// from the blobs in `blob_dir`.
+pub fn image_manifest(image: &Image, blob_dir: &std::path::Path) -> BTreeMap<String, Entry> {
+    let blobs = BlobDir::new(blob_dir);
+    image
+        .walk()
+        .into_iter()
+        .map(|(path, id)| {
+            let ino = &image.inodes[id];
+            let kind = ino.type_name().to_string();
+            let dir = ino.is_dir();
+            let (size, sha) = match &ino.kind {
+                InodeKind::File(_) => {
+                    let data = blobs
+                        .read_file(image, id)
+                        .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&path)));
+                    assert_eq!(data.len() as u64, ino.size);
+                    (ino.size.to_string(), sha256_hex(&data))
+                }
+                InodeKind::Symlink(t) => (
+                    ino.size.to_string(),
+                    String::from_utf8_lossy(t).into_owned(),
+                ),
+                InodeKind::Special => ("0".into(), String::new()),
+                InodeKind::Dir(_) => (String::new(), String::new()),
+            };
+            let rdev = if matches!(kind.as_str(), "chr" | "blk") {
+                format!("{}:{}", ino.rdev.0, ino.rdev.1)
+            } else {
+                String::new()
+            };
+            let xattrs = ino
+                .xattrs
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            (
+                String::from_utf8_lossy(&path).into_owned(),
+                Entry {
+                    kind,
+                    mode: format!("{:o}", ino.mode & 0o7777),
+                    uid: ino.uid.to_string(),
+                    gid: ino.gid.to_string(),
+                    size,
+                    mtime: ino.mtime.to_string(),
+                    nlink: if dir {
+                        String::new()
+                    } else {
+                        ino.nlink.to_string()
+                    },
+                    sha_or_target: sha,
+                    rdev,
+                    xattrs,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Asserts two manifests agree on every path and column, with a readable diff on failure.
+pub fn assert_manifests_equal(got: &BTreeMap<String, Entry>, want: &BTreeMap<String, Entry>) {
+    let mut problems = Vec::new();
+    for (path, w) in want {
+        match got.get(path) {
+            None => problems.push(format!("missing: {path}")),
+            Some(g) if g != w => problems.push(format!("{path}:\n  got  {g:?}\n  want {w:?}")),
+            _ => {}
+        }
+    }
+    for path in got.keys().filter(|p| !want.contains_key(*p)) {
+        problems.push(format!("unexpected: {path}"));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// The one blob directory of a fixture image.
+pub fn fixture_image(name: &str) -> (PathBuf, PathBuf) {
+    let dir = fixtures().join("images").join(name);
+    (dir.join("image.boot"), dir.join("blobs"))
+}
