@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The one test command (CI runs it through .ci/run).
+#
+# Installs what the tests need (Debian packages, the reference Nydus tools, a
+# Debian minbase rootfs), caching the slow parts under /var/tmp, then builds
+# warren in release mode and runs every test with cargo-nextest. Anything
+# missing is an error, never a skipped test.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$REPO/scripts/lib.sh"
+cd "$REPO"
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
+export WARREN_ROOTFS=${WARREN_ROOTFS:-$WARREN_ROOTFS_DEFAULT}
+
+SUMMARY=()
+CURRENT_STEP=
+RUN_START=$(now_ms)
+
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ -n "$CURRENT_STEP" ]; then
+        printf '==> FAILED in step "%s" (exit %d)\n' "$CURRENT_STEP" "$rc" >&2
+    fi
+}
+trap on_exit EXIT
+
+# step NAME FUNCTION...: run, time and record one step. A failure exits the script
+# (set -e) and the EXIT trap names the failed step.
+step() {
+    local name=$1 t0 line
+    shift
+    CURRENT_STEP=$name
+    t0=$(now_ms)
+    "$@"
+    line=$(printf '%-14s ok  %8s' "$name" "$(fmt_secs $(($(now_ms) - t0)))")
+    SUMMARY+=("$line")
+    printf '==> %s\n' "$line" >&2
+    CURRENT_STEP=
+}
+
+preflight() {
+    require_root "the tests mount FUSE and erofs file systems"
+    ensure_cargo
+    command -v cargo-nextest >/dev/null 2>&1 ||
+        die "cargo-nextest not found on PATH (expected /usr/local/bin/cargo-nextest)"
+    [ -c /dev/fuse ] || die "/dev/fuse is missing: the FUSE tests need the kernel's FUSE"
+    grep -qw erofs /proc/filesystems || die "the kernel has no erofs support (not in /proc/filesystems)"
+    ensure_fixtures "$REPO"
+}
+
+apt_deps() {
+    # package=command-or-path-it-provides
+    ensure_apt_packages \
+        erofs-utils=mkfs.erofs \
+        debootstrap=debootstrap \
+        attr=setfattr \
+        fuse3=fusermount3 \
+        cmake=cmake \
+        libssl-dev=/usr/include/openssl/ssl.h \
+        pkg-config=pkg-config \
+        zstd=zstd \
+        hyperfine=hyperfine \
+        time=/usr/bin/time
+}
+
+rootfs() {
+    ensure_rootfs "$WARREN_ROOTFS"
+}
+
+build() {
+    cargo build --release --bins
+}
+
+run_tests() {
+    cargo nextest run --release --workspace --no-fail-fast
+}
+
+step preflight preflight
+step apt apt_deps
+step nydus-tools ensure_nydus_tools
+step rootfs rootfs
+step build build
+step tests run_tests
+
+printf '\n==> summary (CARGO_TARGET_DIR=%s, WARREN_ROOTFS=%s, WARREN_FIXTURES=%s)\n' \
+    "$CARGO_TARGET_DIR" "$WARREN_ROOTFS" "$WARREN_FIXTURES" >&2
+for line in "${SUMMARY[@]}"; do
+    printf '    %s\n' "$line" >&2
+done
+printf '    %-14s     %8s\n' total "$(fmt_secs $(($(now_ms) - RUN_START)))" >&2
