@@ -27,6 +27,8 @@ IMG=$WORK/image.erofs
 MNT=$WORK/mnt
 
 cleanup() {
+    local rc=$?
+    [ "$rc" -eq 0 ] || echo "demo: FAILED (exit $rc)" >&2
     if mountpoint -q "$MNT" 2>/dev/null; then
         umount "$MNT" || echo "warning: could not unmount $MNT" >&2
     fi
@@ -82,7 +84,8 @@ meta() {
     (cd "$1" && find . \( -type d -printf '%y %#m %U:%G - %p\n' \) -o -printf '%y %#m %U:%G %n %p\n' |
         LC_ALL=C sort)
 }
-if ! diff <(meta "$SRC") <(meta "$MNT"); then
+if ! diff <(meta "$SRC") <(meta "$MNT") >"$WORK/meta.diff"; then
+    head -n 40 "$WORK/meta.diff"
     die "file types, modes, owners or link counts differ between $SRC and the erofs mount"
 fi
 echo "  types, modes, owners, link counts: identical"
