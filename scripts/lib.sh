@@ -107,6 +107,8 @@ ensure_nydus_tools() {
     local bin=$WARREN_TOOLS_ROOT/bin
     if [ ! -x "$bin/nydus-image" ]; then
         ensure_cargo
+        # nydus-rs builds C dependencies that need these.
+        ensure_apt_packages cmake=cmake libssl-dev=/usr/include/openssl/ssl.h pkg-config=pkg-config
         mkdir -p "$WARREN_TOOLS_ROOT"
         local lock=$WARREN_TOOLS_ROOT/.install.lock lock_fd
         exec {lock_fd}>"$lock"
