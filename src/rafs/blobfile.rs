@@ -83,7 +83,26 @@ impl BlobDir {
             chunk.compressed_offset,
             chunk.compressed_size as usize,
         )?;
-        decode_chunk(info, chunk, &stored, image.digester)
+        let first = decode_chunk(info, chunk, &stored, image.digester);
+        if first.is_ok() || image.blobs.len() < 2 {
+            return first;
+        }
+        // Images built by nydus-image with --parent-bootstrap can name the wrong blob for
+        // the new layer's chunks; the digest tells which blob really holds them.
+        for other in image.blobs.iter().filter(|b| b.blob_id != info.blob_id) {
+            let Ok(stored) = self.read_at(
+                &other.blob_id,
+                chunk.compressed_offset,
+                chunk.compressed_size as usize,
+            ) else {
+                continue;
+            };
+            if let Ok(data) = decode_chunk(info, chunk, &stored, image.digester) {
+                tracing::debug!(chunk = %chunk.digest, blob = %other.blob_id, "chunk found in another blob than recorded");
+                return Ok(data);
+            }
+        }
+        first
     }
 
     /// A whole regular file's bytes.

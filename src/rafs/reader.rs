@@ -35,7 +35,7 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
     let devices = (0..sb.extra_devices as u64)
         .map(|i| DeviceSlot::decode(data, i))
         .collect::<Result<Vec<_>>>()?;
-    let blobs = read_blobs(data, &ext)?;
+    let (blobs, aliases) = read_blobs(data, &ext)?;
     if blobs.len() != devices.len() {
         return Err(RafsError::corrupt(
             "blob table",
@@ -50,6 +50,7 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
         data,
         sb: &sb,
         blobs: &blobs,
+        aliases: &aliases,
         inodes: Vec::new(),
         nids: Vec::new(),
         by_nid: HashMap::new(),
@@ -79,7 +80,10 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
     })
 }
 
-fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
+/// Chunk positions that share one (blob, index) key in the chunk table.
+type Aliases = HashMap<(u32, u32), Vec<u32>>;
+
+fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliases)> {
     if ext.blob_table_size as u64 % BLOB_ENTRY_SIZE != 0 {
         return Err(RafsError::corrupt(
             "blob table",
@@ -137,7 +141,12 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
     }
     let n = ext.chunk_table_size / CHUNK_INFO_SIZE;
     Le::at(data, ext.chunk_table_offset, ext.chunk_table_size)?;
+    // Records normally map one to one onto (blob, index). nydus-image 2.x, building a layer
+    // with --parent-bootstrap, records the new layer's chunks under blob 0, so one key can
+    // name several chunks: keep them all, extra ones after the blob's own, and let each file
+    // pick by size (`read_chunks`) and each read by digest (`BlobDir::read_chunk`).
     let mut slots: Vec<Vec<Option<ChunkInfo>>> = blobs.iter().map(|_| Vec::new()).collect();
+    let mut extra: Vec<Vec<(u32, ChunkInfo)>> = blobs.iter().map(|_| Vec::new()).collect();
     for i in 0..n {
         let r = ChunkRecord::decode(data, ext.chunk_table_offset + i * CHUNK_INFO_SIZE)?;
         let blob = r.blob_index as usize;
@@ -157,7 +166,7 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
         if slot.len() <= idx {
             slot.resize(idx + 1, None);
         }
-        slot[idx] = Some(ChunkInfo {
+        let info = ChunkInfo {
             digest: ChunkDigest(r.digest),
             compressed_offset: r.compressed_offset,
             compressed_size: r.compressed_size,
@@ -166,11 +175,16 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
             compressed: r.flags & CHUNK_FLAG_COMPRESSED != 0,
             crc32: (r.flags & CHUNK_FLAG_HAS_CRC32 != 0).then_some(r.crc32),
             file_offset: r.file_offset,
-        });
+        };
+        match &slot[idx] {
+            Some(prev) if *prev != info => extra[blob].push((idx as u32, info)),
+            _ => slot[idx] = Some(info),
+        }
     }
-    for (blob, slot) in blobs.iter_mut().zip(slots) {
+    let mut aliases = HashMap::new();
+    for (b, (blob, slot)) in blobs.iter_mut().zip(slots).enumerate() {
         for (i, c) in slot.into_iter().enumerate() {
-            // A hole in the table is only an error if a file points at it; keep a marker.
+            // A hole in the table is only an error if a file points at it: size 0 marks it.
             blob.chunks.push(c.unwrap_or(ChunkInfo {
                 digest: ChunkDigest::default(),
                 compressed_offset: 0,
@@ -182,8 +196,15 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<Vec<BlobInfo>> {
                 file_offset: i as u64,
             }));
         }
+        for (idx, info) in std::mem::take(&mut extra[b]) {
+            aliases
+                .entry((b as u32, idx))
+                .or_insert_with(|| vec![idx])
+                .push(blob.chunks.len() as u32);
+            blob.chunks.push(info);
+        }
     }
-    Ok(blobs)
+    Ok((blobs, aliases))
 }
 
 fn read_prefetch(
@@ -216,6 +237,7 @@ struct TreeWalker<'a> {
     data: &'a [u8],
     sb: &'a SuperBlock,
     blobs: &'a [BlobInfo],
+    aliases: &'a Aliases,
     inodes: Vec<Inode>,
     nids: Vec<u64>,
     by_nid: HashMap<u64, InodeId>,
@@ -410,20 +432,28 @@ impl TreeWalker<'_> {
             let count = covered.div_ceil(info.chunk_size as u64);
             for j in 0..count {
                 let ci = idx.ci_index as u64 + j;
-                let ok = info
-                    .chunks
-                    .get(ci as usize)
-                    .is_some_and(|c| c.uncompressed_size != 0);
+                let ok = ci < 1 << 24
+                    && info
+                        .chunks
+                        .get(ci as usize)
+                        .is_some_and(|c| c.uncompressed_size != 0);
                 if !ok {
                     return Err(bad(format!(
                         "chunk {ci} of blob {} is not in the chunk table",
                         info.blob_id
                     )));
                 }
-                out.push(ChunkRef {
-                    blob: (blob - 1) as u32,
-                    index: ci as u32,
-                });
+                let key = ((blob - 1) as u32, ci as u32);
+                let want =
+                    (info.chunk_size as u64).min(di.size - (k * span + j * info.chunk_size as u64));
+                let index = match self.aliases.get(&key) {
+                    Some(cands) => *cands
+                        .iter()
+                        .find(|&&p| info.chunks[p as usize].uncompressed_size as u64 == want)
+                        .unwrap_or(&cands[0]),
+                    None => ci as u32,
+                };
+                out.push(ChunkRef { blob: key.0, index });
             }
         }
         let total: u64 = out
