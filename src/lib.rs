@@ -4,4 +4,5 @@
 //! [`build`] turns directories and layer tars into images.
 
 pub mod build;
+pub mod cli;
 pub mod rafs;
