@@ -51,6 +51,7 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
         sb: &sb,
         blobs: &blobs,
         aliases: &aliases,
+        chunk_size: ext.chunk_size as u64,
         inodes: Vec::new(),
         nids: Vec::new(),
         by_nid: HashMap::new(),
@@ -238,6 +239,7 @@ struct TreeWalker<'a> {
     sb: &'a SuperBlock,
     blobs: &'a [BlobInfo],
     aliases: &'a Aliases,
+    chunk_size: u64,
     inodes: Vec<Inode>,
     nids: Vec<u64>,
     by_nid: HashMap<u64, InodeId>,
@@ -407,54 +409,47 @@ impl TreeWalker<'_> {
             return Err(bad(format!("regular file with data layout {}", di.layout)));
         }
         let bits = (di.i_u & CHUNK_FORMAT_BLKBITS_MASK) as u64 + BLOCK_BITS as u64;
-        if di.i_u & CHUNK_FORMAT_INDEXES == 0 || bits > 40 {
+        let chunk_size = self.chunk_size;
+        if di.i_u & CHUNK_FORMAT_INDEXES == 0 || bits > 40 || 1u64 << bits < chunk_size {
             return Err(bad(format!("chunk format {:#x}", di.i_u)));
         }
-        let span = 1u64 << bits;
-        let n = di.size.div_ceil(span);
+        // One index per image chunk. The inode's chunk bits may be wider (when the chunks
+        // are contiguous, so the kernel sees one extent), but the indexes are all there.
+        let n = di.size.div_ceil(chunk_size);
         let start = align_up(tail_off, CHUNK_INDEX_SIZE);
         let r = Le::at(self.data, start, n.saturating_mul(CHUNK_INDEX_SIZE))
             .map_err(|e| bad(format!("chunk indexes: {e}")))?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(n as usize);
         for k in 0..n {
             let idx = ChunkIndex::decode(&r, (k * CHUNK_INDEX_SIZE) as usize);
             let blob = idx.device_id as usize;
-            let info = blob.checked_sub(1).and_then(|b| self.blobs.get(b));
-            let Some(info) = info else {
+            let Some(info) = blob.checked_sub(1).and_then(|b| self.blobs.get(b)) else {
                 return Err(bad(format!(
                     "chunk index {k} names device {}",
                     idx.device_id
                 )));
             };
-            // One index may stand for several consecutive chunks of the blob: the builder
-            // widens the per-inode chunk size when a file's chunks are contiguous.
-            let covered = span.min(di.size - k * span);
-            let count = covered.div_ceil(info.chunk_size as u64);
-            for j in 0..count {
-                let ci = idx.ci_index as u64 + j;
-                let ok = ci < 1 << 24
-                    && info
-                        .chunks
-                        .get(ci as usize)
-                        .is_some_and(|c| c.uncompressed_size != 0);
-                if !ok {
-                    return Err(bad(format!(
-                        "chunk {ci} of blob {} is not in the chunk table",
-                        info.blob_id
-                    )));
-                }
-                let key = ((blob - 1) as u32, ci as u32);
-                let want =
-                    (info.chunk_size as u64).min(di.size - (k * span + j * info.chunk_size as u64));
-                let index = match self.aliases.get(&key) {
-                    Some(cands) => *cands
-                        .iter()
-                        .find(|&&p| info.chunks[p as usize].uncompressed_size as u64 == want)
-                        .unwrap_or(&cands[0]),
-                    None => ci as u32,
-                };
-                out.push(ChunkRef { blob: key.0, index });
+            let ci = idx.ci_index;
+            if !info
+                .chunks
+                .get(ci as usize)
+                .is_some_and(|c| c.uncompressed_size != 0)
+            {
+                return Err(bad(format!(
+                    "chunk {ci} of blob {} is not in the chunk table",
+                    info.blob_id
+                )));
             }
+            let key = ((blob - 1) as u32, ci);
+            let want = chunk_size.min(di.size - k * chunk_size);
+            let index = match self.aliases.get(&key) {
+                Some(cands) => *cands
+                    .iter()
+                    .find(|&&p| info.chunks[p as usize].uncompressed_size as u64 == want)
+                    .unwrap_or(&cands[0]),
+                None => ci,
+            };
+            out.push(ChunkRef { blob: key.0, index });
         }
         let total: u64 = out
             .iter()

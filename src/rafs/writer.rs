@@ -167,8 +167,9 @@ pub fn write_bootstrap(image: &Image) -> Result<Vec<u8>> {
                 } else {
                     LAYOUT_FLAT_INLINE
                 };
+                // With no separate blocks, point at the inode's own block, as nydus-image does.
                 let i_u = if blocks.is_empty() {
-                    0
+                    (s.offset / BLOCK_SIZE) as u32
                 } else {
                     s.data_block as u32
                 };
@@ -271,7 +272,7 @@ impl Payload {
         Ok(match &ino.kind {
             InodeKind::Dir(children) => flat(dir_data(image, id, children, parents[id])?),
             InodeKind::Symlink(target) => flat(target.clone()),
-            InodeKind::File(chunks) if chunks.is_empty() => Payload::Empty,
+            // Empty files are chunk-based too, with no indexes: nydus expects it.
             InodeKind::File(chunks) => file_indexes(image, ino.size, chunks)?,
             InodeKind::Special if matches!(ino.file_type(), S_IFCHR | S_IFBLK) => Payload::Device,
             InodeKind::Special => Payload::Empty,
@@ -363,9 +364,9 @@ fn erofs_file_type(t: u32) -> u8 {
     }
 }
 
-/// Chunk indexes of a file. When its chunks are consecutive in one blob, both in the
-/// chunk table and uncompressed, one index with a widened chunk size covers them all, so
-/// the kernel sees one extent (as nydus-image does).
+/// Chunk indexes of a file, one per image chunk. When the chunks are consecutive in one
+/// blob, both in the chunk table and uncompressed, the inode's chunk size is widened to
+/// cover the file, so the kernel maps it as one extent (as nydus-image does).
 fn file_indexes(image: &Image, size: u64, chunks: &[ChunkRef]) -> Result<Payload> {
     let cs = image.chunk_size as u64;
     let info = |c: &ChunkRef| {
@@ -392,14 +393,26 @@ fn file_indexes(image: &Image, size: u64, chunks: &[ChunkRef]) -> Result<Payload
         matches!((a, b), (Ok(a), Ok(b)) if w[0].blob == w[1].blob && w[1].index == w[0].index + 1
                 && b.uncompressed_offset == a.uncompressed_offset + cs)
     });
-    if contiguous {
-        let span = size.next_power_of_two().max(cs);
+    if chunks.is_empty() {
         return Ok(Payload::Chunks {
-            chunk_bits: span.trailing_zeros() - BLOCK_BITS as u32,
-            indexes: vec![index(&chunks[0])?],
+            chunk_bits: cs.trailing_zeros() - BLOCK_BITS as u32,
+            indexes: Vec::new(),
         });
     }
+    // Every chunk keeps its own index (nydusd reads one per image chunk); the widened
+    // chunk bits only let the kernel map the whole run as one extent.
+    let span = if contiguous {
+        size.next_power_of_two().max(cs)
+    } else {
+        cs
+    };
     let indexes = chunks.iter().map(index).collect::<Result<Vec<_>>>()?;
+    if contiguous {
+        return Ok(Payload::Chunks {
+            chunk_bits: span.trailing_zeros() - BLOCK_BITS as u32,
+            indexes,
+        });
+    }
     Ok(Payload::Chunks {
         chunk_bits: cs.trailing_zeros() - BLOCK_BITS as u32,
         indexes,
