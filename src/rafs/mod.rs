@@ -8,6 +8,7 @@ pub mod blobfile;
 pub mod blobmeta;
 pub mod codec;
 pub mod error;
+pub mod export;
 pub mod image;
 pub mod layout;
 pub mod reader;
