@@ -1,0 +1,427 @@
+//! `warren export --block` against the kernel's own EROFS driver: export each fixture
+//! image, loop-mount the disk image (`mount -t erofs -o ro,loop`), and compare everything the
+//! kernel shows with the ground-truth manifest. Needs root and erofs; without them these
+//! tests fail, they do not skip.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use warren::rafs::reader::read_bootstrap_file;
+
+/// A kernel mount on a temporary directory, unmounted when dropped (also when a test
+/// fails half-way).
+struct Mount {
+    dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn erofs(image: &Path) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro,loop"])
+            .arg(image)
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mount -t erofs -o ro,loop {} failed (root and kernel erofs support are required): {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a reader still open after a panic): detach lazily so the temp dir can go.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+fn warren(args: &[&OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .output()
+        .expect("running warren")
+}
+
+/// Runs `warren export --block --json` and returns its JSON report.
+fn export(boot: &Path, blobs: &Path, out: &Path) -> serde_json::Value {
+    let o = warren(&[
+        "export".as_ref(),
+        "--block".as_ref(),
+        "--json".as_ref(),
+        "--bootstrap".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        blobs.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(
+        o.status.success(),
+        "warren export failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("export --json output")
+}
+
+/// The `user.x=value,...` column: every xattr of `path` (not following symlinks), by name.
+fn xattrs(path: &Path) -> String {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: `c` is NUL-terminated and `names` is writable for its whole length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    names.truncate(n as usize);
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = names
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let cname = CString::new(name).unwrap();
+            let mut value = vec![0u8; 65536];
+            // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            assert!(
+                n >= 0,
+                "lgetxattr {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            value.truncate(n as usize);
+            (name.to_vec(), value)
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One manifest line for what the kernel shows at `path`.
+fn kernel_entry(path: &Path) -> Entry {
+    let md = std::fs::symlink_metadata(path).unwrap();
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_char_device() {
+        "chr"
+    } else if ft.is_block_device() {
+        "blk"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "sock"
+    } else {
+        "unknown"
+    };
+    let (size, sha) = match kind {
+        "dir" => (String::new(), String::new()),
+        "file" => {
+            let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(data.len() as u64, md.size(), "{}", path.display());
+            (md.size().to_string(), sha256_hex(&data))
+        }
+        "symlink" => {
+            let target = std::fs::read_link(path).unwrap();
+            (
+                md.size().to_string(),
+                String::from_utf8_lossy(target.as_os_str().as_bytes()).into_owned(),
+            )
+        }
+        _ => ("0".into(), String::new()),
+    };
+    let rdev = if matches!(kind, "chr" | "blk") {
+        let dev = md.rdev() as libc::dev_t;
+        #[allow(unused_unsafe)]
+        // SAFETY: pure arithmetic on a device number (unsafe only in older libc releases).
+        let (major, minor) = unsafe { (libc::major(dev), libc::minor(dev)) };
+        format!("{major}:{minor}")
+    } else {
+        String::new()
+    };
+    Entry {
+        kind: kind.into(),
+        mode: format!("{:o}", md.mode() & 0o7777),
+        uid: md.uid().to_string(),
+        gid: md.gid().to_string(),
+        size,
+        mtime: md.mtime().to_string(),
+        nlink: if kind == "dir" {
+            String::new()
+        } else {
+            md.nlink().to_string()
+        },
+        sha_or_target: sha,
+        rdev,
+        xattrs: xattrs(path),
+    }
+}
+
+/// Every entry below `root` (not the root itself), keyed by its path relative to `root`.
+fn kernel_manifest(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            let entry = kernel_entry(&root.join(&child));
+            if entry.kind == "dir" {
+                stack.push(child.clone());
+            }
+            out.insert(child.to_string_lossy().into_owned(), entry);
+        }
+    }
+    out
+}
+
+/// Exports a fixture image, checks the file's size against the device table, and mounts it.
+fn export_and_mount(name: &str, work: &Path) -> (serde_json::Value, Mount) {
+    let (boot, blobs) = fixture_image(name);
+    let img = work.join(format!("{name}.img"));
+    let report = export(&boot, &blobs, &img);
+    let bs = read_bootstrap_file(&boot).unwrap();
+    let last = bs.devices.last().expect("a device slot");
+    let want = (last.mapped_blkaddr as u64 + last.blocks as u64) * 4096;
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().len(),
+        want,
+        "{name}: image size"
+    );
+    assert_eq!(report["size"], want, "{name}: reported size");
+    assert_eq!(report["output"], img.to_str().unwrap());
+    let slots = report["blobs"].as_array().unwrap();
+    assert_eq!(slots.len(), bs.devices.len());
+    for (s, d) in slots.iter().zip(&bs.devices) {
+        assert_eq!(s["blob_id"], d.blob_id.as_str());
+        assert_eq!(s["mapped_blkaddr"], d.mapped_blkaddr);
+        assert_eq!(s["blocks"], d.blocks);
+    }
+    let m = Mount::erofs(&img);
+    (report, m)
+}
+
+fn check_single_blob(name: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let (report, mount) = export_and_mount(name, work.path());
+    assert_eq!(report["misplaced_chunks"], serde_json::json!([]), "{name}");
+    let got = kernel_manifest(mount.path());
+    assert_manifests_equal(&got, &load_manifest());
+}
+
+#[test]
+fn v6_zstd_blake3() {
+    check_single_blob("v6-zstd-blake3");
+}
+
+#[test]
+fn v6_none_sha256() {
+    check_single_blob("v6-none-sha256");
+}
+
+#[test]
+fn v6_lz4_64k() {
+    check_single_blob("v6-lz4-64k");
+}
+
+#[test]
+fn v6_from_tar() {
+    check_single_blob("v6-from-tar");
+}
+
+#[test]
+fn v6_blob_toc() {
+    check_single_blob("v6-blob-toc");
+}
+
+/// The two-layer fixture: nydus-image recorded the upper layer's chunks under the lower
+/// blob, in the chunk table *and* in the inodes' chunk indexes (device id 1 for all three
+/// files, and `etc/keep` and `opaque/new` both at block 1 of it). Export puts each chunk in
+/// the blob whose bytes match its digest, so the disk image itself is right, but the kernel
+/// follows the chunk indexes: it reads `etc/keep` right and `etc/changed` and `opaque/new`
+/// from the lower blob's range. Export says so (`misplaced_chunks`); this test holds it to
+/// exactly that: the tree, the metadata and `etc/keep` right, the image's blob ranges right,
+/// and the misplaced paths being exactly the ones the kernel reads wrong.
+#[test]
+fn v6_two_layers() {
+    let work = tempfile::tempdir().unwrap();
+    let (report, mount) = export_and_mount("v6-two-layers", work.path());
+    let got = kernel_manifest(mount.path());
+    let paths: Vec<&str> = got.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["etc", "etc/changed", "etc/keep", "opaque", "opaque/new"]
+    );
+    let want: BTreeMap<&str, &[u8]> = [
+        ("etc/changed", &b"new\n"[..]),
+        ("etc/keep", b"base\n"),
+        ("opaque/new", b"fresh\n"),
+    ]
+    .into();
+    for (p, bytes) in &want {
+        assert_eq!(got[*p].kind, "file", "{p}");
+        assert_eq!(got[*p].size, bytes.len().to_string(), "{p}");
+        assert_eq!(got[*p].nlink, "1", "{p}");
+    }
+    for d in ["etc", "opaque"] {
+        assert_eq!(got[d].kind, "dir", "{d}");
+    }
+    assert_eq!(got["etc/keep"].sha_or_target, sha256_hex(b"base\n"));
+
+    // The disk image holds every chunk at its real blob's place: lower blob at device 1,
+    // upper blob (new, fresh) at device 2.
+    let img = std::fs::read(work.path().join("v6-two-layers.img")).unwrap();
+    let slots = report["blobs"].as_array().unwrap();
+    let base = |slot: usize| slots[slot]["mapped_blkaddr"].as_u64().unwrap() as usize * 4096;
+    assert_eq!(&img[base(0) + 4096..][..5], b"base\n");
+    assert_eq!(&img[base(1)..][..4], b"new\n");
+    assert_eq!(&img[base(1) + 4096..][..6], b"fresh\n");
+
+    // What export calls misplaced is exactly what the kernel reads wrong.
+    let mut misplaced: Vec<String> = report["misplaced_chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["paths"].as_array().unwrap().iter())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    misplaced.sort();
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(p, bytes)| got[**p].sha_or_target != sha256_hex(bytes))
+        .map(|(p, _)| p.to_string())
+        .collect();
+    assert_eq!(
+        misplaced, wrong,
+        "paths export flagged vs paths the kernel reads wrong"
+    );
+    assert_eq!(wrong, ["etc/changed", "opaque/new"]);
+}
+
+/// A blob with one byte flipped inside a compressed chunk: export fails, names the chunk,
+/// and leaves no image (nor a temporary file) behind.
+#[test]
+fn corrupt_chunk_fails_export() {
+    let (boot, blobs) = fixture_image("v6-zstd-blake3");
+    let bs = read_bootstrap_file(&boot).unwrap();
+    let blob = &bs.image.blobs[0];
+    let chunk = blob
+        .chunks
+        .iter()
+        .filter(|c| c.compressed)
+        .max_by_key(|c| c.compressed_size)
+        .expect("a compressed chunk");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("blobs");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join(&blob.blob_id);
+    let mut data = std::fs::read(blobs.join(&blob.blob_id)).unwrap();
+    let at = (chunk.compressed_offset + chunk.compressed_size as u64 / 2) as usize;
+    data[at] ^= 0x5a;
+    std::fs::write(&path, &data).unwrap();
+
+    let out_dir = work.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let img = out_dir.join("bad.img");
+    let o = warren(&[
+        "export".as_ref(),
+        "--block".as_ref(),
+        "--bootstrap".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        dir.as_os_str(),
+        "--output".as_ref(),
+        img.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "export of a corrupt blob succeeded");
+    let digest = chunk.digest.to_string();
+    assert!(
+        stderr.contains(&digest),
+        "error does not name chunk {digest}: {stderr}"
+    );
+    assert!(
+        stderr.contains(&blob.blob_id),
+        "error does not name the blob: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert!(left.is_empty(), "export left files behind: {left:?}");
+}
+
+/// Usage errors: no `--block`, a missing blob file, a file that is no bootstrap.
+#[test]
+fn export_errors_are_clear() {
+    let (boot, blobs) = fixture_image("v6-lz4-64k");
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("x.img");
+    let run = |boot: &Path, blobs: &Path, block: bool| {
+        let mut args: Vec<&OsStr> = vec!["export".as_ref()];
+        if block {
+            args.push("--block".as_ref());
+        }
+        args.extend([
+            "--bootstrap".as_ref(),
+            boot.as_os_str(),
+            "--blob-dir".as_ref(),
+            blobs.as_os_str(),
+            "--output".as_ref(),
+            img.as_os_str(),
+        ]);
+        let o = warren(&args);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&boot, &blobs, false);
+    assert!(e.contains("--block"), "{e}");
+    let bs = read_bootstrap_file(&boot).unwrap();
+    let e = run(&boot, work.path(), true);
+    assert!(e.contains(&bs.image.blobs[0].blob_id), "{e}");
+    let e = run(&blobs.join(&bs.image.blobs[0].blob_id), &blobs, true);
+    assert!(e.contains("bootstrap"), "{e}");
+    assert!(!img.exists());
+}
