@@ -44,11 +44,8 @@ pub trait Source {
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("tar entry {path:?}: {detail}")]
     BadTarEntry { path: String, detail: String },
     #[error("{path}: hard link to {target:?}, which is not in this layer")]
@@ -65,7 +62,7 @@ impl BuildError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         BuildError::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            err: source,
         }
     }
 }

@@ -17,11 +17,8 @@ pub enum RafsError {
         digest: String,
         detail: String,
     },
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("I/O error on {path}: {err}")]
+    Io { path: String, err: std::io::Error },
 }
 
 impl RafsError {
@@ -40,7 +37,7 @@ impl RafsError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         RafsError::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            err: source,
         }
     }
 }
