@@ -10,7 +10,11 @@ mod merge;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "warren", version, about = "P2P-aware chunk cache node for Nydus RAFS v6 images")]
+#[command(
+    name = "warren",
+    version,
+    about = "P2P-aware chunk cache node for Nydus RAFS v6 images"
+)]
 pub struct Cli {
     /// No progress bars and no informational output.
     #[arg(long, short, global = true)]
@@ -46,8 +50,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn, or error with --quiet).
 pub fn init_logging(quiet: bool) {
     let default = if quiet { "error" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// A progress bar on a terminal; hidden in pipes and with --quiet.
@@ -58,9 +66,11 @@ pub fn progress(quiet: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar
