@@ -4,59 +4,13 @@
 //! tests fail, they do not skip.
 
 mod common;
+use common::mountfs::*;
 use common::*;
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::{Command, Output};
 use warren::rafs::reader::read_bootstrap_file;
-
-/// A kernel mount on a temporary directory, unmounted when dropped (also when a test
-/// fails half-way).
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn erofs(image: &Path) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "erofs", "-o", "ro,loop"])
-            .arg(image)
-            .arg(dir.path())
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mount -t erofs -o ro,loop {} failed (root and kernel erofs support are required): {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mount { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Busy (a reader still open after a panic): detach lazily so the temp dir can go.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
 
 fn warren(args: &[&OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -84,140 +38,6 @@ fn export(boot: &Path, blobs: &Path, out: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).expect("export --json output")
-}
-
-/// The `user.x=value,...` column: every xattr of `path` (not following symlinks), by name.
-fn xattrs(path: &Path) -> String {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut names = vec![0u8; 65536];
-    // SAFETY: `c` is NUL-terminated and `names` is writable for its whole length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(
-        n >= 0,
-        "llistxattr {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    names.truncate(n as usize);
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = names
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|name| {
-            let cname = CString::new(name).unwrap();
-            let mut value = vec![0u8; 65536];
-            // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
-            let n = unsafe {
-                libc::lgetxattr(
-                    c.as_ptr(),
-                    cname.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
-            assert!(
-                n >= 0,
-                "lgetxattr {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-            value.truncate(n as usize);
-            (name.to_vec(), value)
-        })
-        .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                String::from_utf8_lossy(k),
-                String::from_utf8_lossy(v)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// One manifest line for what the kernel shows at `path`.
-fn kernel_entry(path: &Path) -> Entry {
-    let md = std::fs::symlink_metadata(path).unwrap();
-    let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_char_device() {
-        "chr"
-    } else if ft.is_block_device() {
-        "blk"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "sock"
-    } else {
-        "unknown"
-    };
-    let (size, sha) = match kind {
-        "dir" => (String::new(), String::new()),
-        "file" => {
-            let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(data.len() as u64, md.size(), "{}", path.display());
-            (md.size().to_string(), sha256_hex(&data))
-        }
-        "symlink" => {
-            let target = std::fs::read_link(path).unwrap();
-            (
-                md.size().to_string(),
-                String::from_utf8_lossy(target.as_os_str().as_bytes()).into_owned(),
-            )
-        }
-        _ => ("0".into(), String::new()),
-    };
-    let rdev = if matches!(kind, "chr" | "blk") {
-        let dev = md.rdev() as libc::dev_t;
-        #[allow(unused_unsafe)]
-        // SAFETY: pure arithmetic on a device number (unsafe only in older libc releases).
-        let (major, minor) = unsafe { (libc::major(dev), libc::minor(dev)) };
-        format!("{major}:{minor}")
-    } else {
-        String::new()
-    };
-    Entry {
-        kind: kind.into(),
-        mode: format!("{:o}", md.mode() & 0o7777),
-        uid: md.uid().to_string(),
-        gid: md.gid().to_string(),
-        size,
-        mtime: md.mtime().to_string(),
-        nlink: if kind == "dir" {
-            String::new()
-        } else {
-            md.nlink().to_string()
-        },
-        sha_or_target: sha,
-        rdev,
-        xattrs: xattrs(path),
-    }
-}
-
-/// Every entry below `root` (not the root itself), keyed by its path relative to `root`.
-fn kernel_manifest(root: &Path) -> BTreeMap<String, Entry> {
-    let mut out = BTreeMap::new();
-    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let child = rel.join(e.file_name());
-            let entry = kernel_entry(&root.join(&child));
-            if entry.kind == "dir" {
-                stack.push(child.clone());
-            }
-            out.insert(child.to_string_lossy().into_owned(), entry);
-        }
-    }
-    out
 }
 
 /// Exports a fixture image, checks the file's size against the device table, and mounts it.
@@ -250,7 +70,7 @@ fn check_single_blob(name: &str) {
     let work = tempfile::tempdir().unwrap();
     let (report, mount) = export_and_mount(name, work.path());
     assert_eq!(report["misplaced_chunks"], serde_json::json!([]), "{name}");
-    let got = kernel_manifest(mount.path());
+    let got = fs_manifest(mount.path());
     assert_manifests_equal(&got, &load_manifest());
 }
 
@@ -291,7 +111,7 @@ fn v6_blob_toc() {
 fn v6_two_layers() {
     let work = tempfile::tempdir().unwrap();
     let (report, mount) = export_and_mount("v6-two-layers", work.path());
-    let got = kernel_manifest(mount.path());
+    let got = fs_manifest(mount.path());
     let paths: Vec<&str> = got.keys().map(|k| k.as_str()).collect();
     assert_eq!(
         paths,

@@ -69,6 +69,8 @@ pub fn parse_manifest(text: &str) -> BTreeMap<String, Entry> {
         .collect()
 }
 
+pub mod mountfs;
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -164,4 +166,49 @@ pub fn assert_manifests_equal(got: &BTreeMap<String, Entry>, want: &BTreeMap<Str
 pub fn fixture_image(name: &str) -> (PathBuf, PathBuf) {
     let dir = fixtures().join("images").join(name);
     (dir.join("image.boot"), dir.join("blobs"))
+}
+
+/// A reference tool (nydus-image, nydusd): on the PATH or in the test script's install
+/// dir. Missing is a failure, not a skip.
+pub fn tool(name: &str) -> PathBuf {
+    let installed = PathBuf::from("/var/tmp/warren-tools/bin").join(name);
+    if installed.exists() {
+        return installed;
+    }
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: scripts/test.sh installs nydus-rs 2.2.0")
+    })
+}
+
+/// Runs `warren ARGS`, panicking with its stderr when it fails.
+pub fn warren_ok(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = std::process::Command::new(warren_bin())
+        .args(args)
+        .output()
+        .expect("running warren");
+    assert!(
+        out.status.success(),
+        "warren {:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The fixture tree, extracted as root with owners, xattrs and device nodes.
+pub fn extract_tree(dest: &std::path::Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xf"])
+        .arg(fixtures().join("tree.tar"))
+        .arg("-C")
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "extracting tree.tar (needs root)");
 }
