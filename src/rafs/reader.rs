@@ -84,6 +84,12 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
 /// Chunk positions that share one (blob, index) key in the chunk table.
 type Aliases = HashMap<(u32, u32), Vec<u32>>;
 
+/// How many chunk-table slots, over all blobs, may have no record. A slot costs memory
+/// but no bootstrap bytes: holes are the chunks of a lower layer that no file of this
+/// image uses any more, so they are real but limited, or one record with a huge index
+/// would make the reader allocate gigabytes.
+const MAX_CHUNK_HOLES: u64 = 1 << 20;
+
 fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliases)> {
     if ext.blob_table_size as u64 % BLOB_ENTRY_SIZE != 0 {
         return Err(RafsError::corrupt(
@@ -92,6 +98,8 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
         ));
     }
     let count = ext.blob_table_size as u64 / BLOB_ENTRY_SIZE;
+    // The whole table must be there before its size sets a capacity.
+    Le::at(data, ext.blob_table_offset, ext.blob_table_size as u64)?;
     let mut blobs = Vec::with_capacity(count as usize);
     for i in 0..count {
         let e = BlobEntry::decode(data, ext.blob_table_offset + i * BLOB_ENTRY_SIZE)?;
@@ -128,7 +136,8 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
             },
             toc_size: e.toc_size,
             toc_digest: e.toc_digest,
-            chunks: Vec::with_capacity(e.chunk_count as usize),
+            // Filled from the chunk table below; `chunk_count` is only a claim.
+            chunks: Vec::new(),
             blob_id: e.blob_id,
         });
     }
@@ -148,6 +157,7 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
     // pick by size (`read_chunks`) and each read by digest (`BlobDir::read_chunk`).
     let mut slots: Vec<Vec<Option<ChunkInfo>>> = blobs.iter().map(|_| Vec::new()).collect();
     let mut extra: Vec<Vec<(u32, ChunkInfo)>> = blobs.iter().map(|_| Vec::new()).collect();
+    let mut slots_total = 0u64;
     for i in 0..n {
         let r = ChunkRecord::decode(data, ext.chunk_table_offset + i * CHUNK_INFO_SIZE)?;
         let blob = r.blob_index as usize;
@@ -165,6 +175,16 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
             ));
         }
         if slot.len() <= idx {
+            slots_total += (idx + 1 - slot.len()) as u64;
+            if slots_total > n + MAX_CHUNK_HOLES {
+                return Err(RafsError::corrupt(
+                    "chunk table",
+                    format!(
+                        "record {i}: index {idx} leaves more than {MAX_CHUNK_HOLES} chunks \
+                         without a record"
+                    ),
+                ));
+            }
             slot.resize(idx + 1, None);
         }
         let info = ChunkInfo {
@@ -376,7 +396,8 @@ impl TreeWalker<'_> {
                 )))
             }
         };
-        let mut out = Vec::with_capacity(di.size as usize);
+        // No capacity from `di.size`: it may claim gigabytes the bootstrap does not hold.
+        let mut out = Vec::new();
         if blocks_len > 0 {
             let r = Le::at(self.data, di.i_u as u64 * BLOCK_SIZE, blocks_len)
                 .map_err(|e| bad(format!("data blocks: {e}")))?;
