@@ -4,6 +4,15 @@ use super::error::{RafsError, Result};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+thread_local! {
+    // One zstd context per thread: creating one per chunk costs more than compressing a
+    // small file.
+    static ZSTD_CCTX: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(3).expect("zstd context"));
+    static ZSTD_DCTX: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
+
 /// How chunk data (and the blob's chunk table) is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -74,7 +83,7 @@ impl Compressor {
         let out = match self {
             Compressor::None => return None,
             Compressor::Lz4Block => lz4_flex::block::compress(data),
-            Compressor::Zstd => zstd::bulk::compress(data, 3).ok()?,
+            Compressor::Zstd => ZSTD_CCTX.with(|c| c.borrow_mut().compress(data)).ok()?,
         };
         (out.len() < data.len()).then_some(out)
     }
@@ -85,7 +94,8 @@ impl Compressor {
             Compressor::None => data.to_vec(),
             Compressor::Lz4Block => lz4_flex::block::decompress(data, size)
                 .map_err(|e| RafsError::corrupt("lz4 data", e.to_string()))?,
-            Compressor::Zstd => zstd::bulk::decompress(data, size)
+            Compressor::Zstd => ZSTD_DCTX
+                .with(|d| d.borrow_mut().decompress(data, size))
                 .map_err(|e| RafsError::corrupt("zstd data", e.to_string()))?,
         };
         if out.len() != size {
