@@ -245,3 +245,47 @@ fn export_errors_are_clear() {
     assert!(e.contains("bootstrap"), "{e}");
     assert!(!img.exists());
 }
+
+/// Images warren builds, exported and mounted by the kernel, show the source tree.
+#[test]
+fn warren_built_images_mount_in_the_kernel() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    extract_tree(&tree);
+    for (name, flags) in [
+        ("default", &[][..]),
+        (
+            "none-sha256",
+            &["--compressor", "none", "--digester", "sha256"][..],
+        ),
+        (
+            "lz4-64k",
+            &["--compressor", "lz4_block", "--chunk-size", "0x10000"][..],
+        ),
+        ("blob-toc", &["--features", "blob-toc"][..]),
+    ] {
+        let boot = work.path().join(format!("{name}.boot"));
+        let blobs = work.path().join(format!("{name}-blobs"));
+        let mut args: Vec<&OsStr> = vec![
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-B".as_ref(),
+            boot.as_os_str(),
+            "-D".as_ref(),
+            blobs.as_os_str(),
+        ];
+        args.extend(flags.iter().map(|f| OsStr::new(f)));
+        args.push(tree.as_os_str());
+        let out = warren(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let img = work.path().join(format!("{name}.img"));
+        let report = export(&boot, &blobs, &img);
+        assert_eq!(report["misplaced_chunks"], serde_json::json!([]), "{name}");
+        let mount = Mount::erofs(&img);
+        assert_manifests_equal(&fs_manifest(mount.path()), &load_manifest());
+    }
+}
