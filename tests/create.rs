@@ -388,3 +388,43 @@ fn bad_input_is_refused_clearly() {
     let err = create_fails(&gz, &[]);
     assert!(err.contains("cut.tar.gz"), "{err}");
 }
+
+#[test]
+fn prefetch_list_from_stdin_leads_the_blob() {
+    let work = tempfile::tempdir().unwrap();
+    let boot = work.path().join("p.boot");
+    let blobs = work.path().join("blobs");
+    let mut child = std::process::Command::new(warren_bin())
+        .args(["create", "-q", "--prefetch-policy", "fs", "-B"])
+        .arg(&boot)
+        .arg("-D")
+        .arg(&blobs)
+        .arg(fixtures().join("tree.tar"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"/perms/suid\n/links\n/does/not/exist\n",
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let out = warren_ok(&[os("inspect"), os("--json"), os("-B"), boot.as_os_str()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["prefetch"],
+        serde_json::json!(["/perms/suid", "/links"])
+    );
+    let suid = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/perms/suid")
+        .unwrap();
+    assert_eq!(
+        suid["chunks"][0]["compressed_offset"], 0,
+        "prefetched data comes first in the blob"
+    );
+    nydus_check(&boot, &blobs);
+}

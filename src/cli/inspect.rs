@@ -151,6 +151,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             st.inodes, st.entries, st.files, st.dirs, st.symlinks, st.others
         );
         println!("file bytes:     {}", st.file_bytes);
+        println!("prefetch:       {} entries", image.prefetch.len());
         println!(
             "chunks:         {} ({} unique, dedup ratio {:.3})",
             st.chunks, st.unique_chunks, st.dedup_ratio
@@ -208,7 +209,17 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let out = serde_json::json!({ "stats": st, "entries": entries });
+    let paths: std::collections::HashMap<usize, String> = image
+        .walk()
+        .into_iter()
+        .map(|(p, id)| (id, format!("/{}", String::from_utf8_lossy(&p))))
+        .collect();
+    let prefetch: Vec<&String> = image
+        .prefetch
+        .iter()
+        .filter_map(|id| paths.get(id))
+        .collect();
+    let out = serde_json::json!({ "stats": st, "prefetch": prefetch, "entries": entries });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
