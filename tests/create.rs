@@ -164,7 +164,8 @@ fn tar_and_directory_give_the_same_bytes_in_any_order() {
     let shuffled = work.path().join("shuffled.tar.gz");
     {
         let mut src = tar::Archive::new(std::fs::File::open(fixtures().join("tree.tar")).unwrap());
-        let mut entries: Vec<(tar::Header, Vec<u8>, Vec<(String, Vec<u8>)>)> = Vec::new();
+        type Pax = Vec<(String, Vec<u8>)>;
+        let mut entries: Vec<(tar::Header, Vec<u8>, Pax)> = Vec::new();
         for e in src.entries().unwrap() {
             let mut e = e.unwrap();
             let pax: Vec<(String, Vec<u8>)> = e

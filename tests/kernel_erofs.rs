@@ -274,7 +274,7 @@ fn warren_built_images_mount_in_the_kernel() {
             "-D".as_ref(),
             blobs.as_os_str(),
         ];
-        args.extend(flags.iter().map(|f| OsStr::new(f)));
+        args.extend(flags.iter().map(OsStr::new));
         args.push(tree.as_os_str());
         let out = warren(&args);
         assert!(

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Read;
-use warren::build::source::{BuildError, EntryKind, Source, SourceEntry};
+use warren::build::source::{BuildError, EntryKind, Source, SourceEntry, Visit};
 use warren::build::{build, BuildOptions};
 use warren::rafs::blobfile::BlobDir;
 use warren::rafs::image::*;
@@ -14,10 +14,7 @@ use warren::rafs::{Compressor, Digester};
 struct MemSource(Vec<(SourceEntry, Vec<u8>)>);
 
 impl Source for MemSource {
-    fn for_each(
-        &mut self,
-        visit: &mut dyn FnMut(SourceEntry, Option<&mut dyn Read>) -> Result<(), BuildError>,
-    ) -> Result<(), BuildError> {
+    fn for_each(&mut self, visit: &mut Visit<'_>) -> Result<(), BuildError> {
         for (e, data) in &self.0 {
             let mut r: &[u8] = data;
             let reader: Option<&mut dyn Read> = if matches!(e.kind, EntryKind::File { .. }) {

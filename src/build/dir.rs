@@ -1,9 +1,8 @@
 //! A directory on the local file system as a build source.
 
-use super::source::{BuildError, EntryKind, Source, SourceEntry};
+use super::source::{BuildError, EntryKind, Source, SourceEntry, Visit};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -19,10 +18,7 @@ impl DirSource {
 }
 
 impl Source for DirSource {
-    fn for_each(
-        &mut self,
-        visit: &mut dyn FnMut(SourceEntry, Option<&mut dyn Read>) -> Result<(), BuildError>,
-    ) -> Result<(), BuildError> {
+    fn for_each(&mut self, visit: &mut Visit<'_>) -> Result<(), BuildError> {
         let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
         let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(rel) = stack.pop() {
@@ -86,7 +82,7 @@ impl Source for DirSource {
 }
 
 /// All extended attributes of a path (not following symlinks), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BuildError> {
+fn read_xattrs(path: &Path) -> Result<crate::rafs::image::Xattrs, BuildError> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| BuildError::BadEntry {
         path: path.display().to_string(),
         detail: "NUL in path".into(),

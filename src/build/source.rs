@@ -34,11 +34,11 @@ pub enum EntryKind {
 
 /// A source of entries. `visit` is called once per entry; a file's data reader must be
 /// read to the end (exactly `size` bytes) before the next call.
+/// Called once per entry with the file's data, if any.
+pub type Visit<'a> = dyn FnMut(SourceEntry, Option<&mut dyn Read>) -> Result<(), BuildError> + 'a;
+
 pub trait Source {
-    fn for_each(
-        &mut self,
-        visit: &mut dyn FnMut(SourceEntry, Option<&mut dyn Read>) -> Result<(), BuildError>,
-    ) -> Result<(), BuildError>;
+    fn for_each(&mut self, visit: &mut Visit<'_>) -> Result<(), BuildError>;
 }
 
 /// Why a build failed.

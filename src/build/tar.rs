@@ -1,7 +1,7 @@
 //! An OCI layer tar (plain, gzip or zstd) as a build source, read as a stream: nothing
 //! is unpacked to disk, and paths that would escape the root are refused.
 
-use super::source::{clean_path, BuildError, EntryKind, Source, SourceEntry};
+use super::source::{clean_path, BuildError, EntryKind, Source, SourceEntry, Visit};
 use std::io::{BufRead, BufReader, Read};
 
 pub struct TarSource<R: Read> {
@@ -38,10 +38,7 @@ pub fn sniff(head: &[u8]) -> TarCompression {
 }
 
 impl<R: Read> Source for TarSource<R> {
-    fn for_each(
-        &mut self,
-        visit: &mut dyn FnMut(SourceEntry, Option<&mut dyn Read>) -> Result<(), BuildError>,
-    ) -> Result<(), BuildError> {
+    fn for_each(&mut self, visit: &mut Visit<'_>) -> Result<(), BuildError> {
         let reader = self
             .reader
             .take()

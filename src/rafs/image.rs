@@ -10,6 +10,9 @@ pub type InodeId = usize;
 
 pub const ROOT: InodeId = 0;
 
+/// Extended attributes as (full name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A chunk's name: the digest of its uncompressed bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ChunkDigest(pub [u8; 32]);
@@ -50,7 +53,7 @@ pub struct Inode {
     /// Device number (major, minor) of character and block devices.
     pub rdev: (u32, u32),
     /// Extended attributes, full names (`user.x`), sorted by name.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
     pub kind: InodeKind,
 }
 

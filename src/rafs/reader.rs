@@ -451,10 +451,10 @@ impl TreeWalker<'_> {
                 )));
             };
             let ci = idx.ci_index;
-            if !info
+            if info
                 .chunks
                 .get(ci as usize)
-                .is_some_and(|c| c.uncompressed_size != 0)
+                .is_none_or(|c| c.uncompressed_size == 0)
             {
                 return Err(bad(format!(
                     "chunk {ci} of blob {} is not in the chunk table",

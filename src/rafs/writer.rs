@@ -539,7 +539,7 @@ fn chunk_records(image: &Image) -> Vec<ChunkRecord> {
                 })
         })
         .collect();
-    out.sort_by(|a, b| (a.digest, a.blob_index, a.index).cmp(&(b.digest, b.blob_index, b.index)));
+    out.sort_by_key(|r| (r.digest, r.blob_index, r.index));
     out
 }
 
