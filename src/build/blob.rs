@@ -13,6 +13,7 @@ use crate::rafs::layout::*;
 use crate::rafs::{Compressor, Digester};
 use sha2::Digest as _;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub struct BlobSpec {
@@ -22,16 +23,16 @@ pub struct BlobSpec {
     pub with_toc: bool,
 }
 
-/// Writes `chunks` (in blob order, each with its digest and first file offset) into a new
-/// blob in `dir`, and returns its description.
+/// Writes `chunks` (in blob order, each with its digest and first file offset; their
+/// stored bytes in `spill`) into a new blob in `dir`, and returns its description.
 ///
 /// Every offset is known before a byte is written, so the blob is laid out first and then
 /// written and hashed (for its id) at the same time on two threads.
 pub fn write_blob(
     dir: &Path,
     spec: &BlobSpec,
-    chunks: &[(ChunkDigest, &PooledChunk, u64)],
-    on_progress: &dyn Fn(u64),
+    spill: &std::fs::File,
+    chunks: &[(ChunkDigest, PooledChunk, u64)],
 ) -> Result<BlobInfo, BuildError> {
     let mut infos = Vec::with_capacity(chunks.len());
     let (mut compressed, mut uncompressed) = (0u64, 0u64);
@@ -39,14 +40,14 @@ pub fn write_blob(
         infos.push(ChunkInfo {
             digest: *digest,
             compressed_offset: compressed,
-            compressed_size: c.stored.len() as u32,
+            compressed_size: c.stored_size,
             uncompressed_offset: uncompressed,
             uncompressed_size: c.uncompressed_size,
             compressed: c.compressed,
             crc32: Some(c.crc32),
             file_offset: *file_offset,
         });
-        compressed += c.stored.len() as u64;
+        compressed += c.stored_size as u64;
         // Uncompressed offsets are block aligned so chunks map onto EROFS blocks.
         uncompressed += align_up(c.uncompressed_size as u64, BLOCK_SIZE);
     }
@@ -145,33 +146,49 @@ pub fn write_blob(
         Vec::new()
     };
 
-    let mut pieces: Vec<&[u8]> = chunks.iter().map(|(_, c, _)| c.stored.as_slice()).collect();
-    pieces.push(&data_tar);
-    pieces.push(&ci_bytes);
-    pieces.push(&header);
-    pieces.extend(tail.iter().map(|t| t.as_slice()));
+    let mut tail_pieces: Vec<&[u8]> = vec![&data_tar, &ci_bytes, &header];
+    tail_pieces.extend(tail.iter().map(|t| t.as_slice()));
 
     std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".warren-blob-")
         .tempfile_in(dir)
         .map_err(|e| BuildError::io(dir, e))?;
+    let spill_err = |e| BuildError::io(dir.join("(spill file)"), e);
     let (size, blob_id) = std::thread::scope(|s| -> Result<(u64, String), BuildError> {
-        let hasher = s.spawn(|| {
+        // Batches of chunk bytes go to the hasher while this thread writes them.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
+        let hasher = s.spawn(move || {
             let mut h = sha2::Sha256::new();
-            pieces.iter().for_each(|p| h.update(p));
+            rx.iter().for_each(|b| h.update(b.as_slice()));
             hex::encode(h.finalize())
         });
         let mut out = std::io::BufWriter::with_capacity(4 << 20, tmp.as_file());
         let mut size = 0u64;
-        for (i, p) in pieces.iter().enumerate() {
-            out.write_all(p)
+        let mut emit = |bytes: Vec<u8>| -> Result<(), BuildError> {
+            out.write_all(&bytes)
                 .map_err(|e| BuildError::io(tmp.path(), e))?;
-            size += p.len() as u64;
-            if let Some((_, c, _)) = chunks.get(i) {
-                on_progress(c.uncompressed_size as u64);
+            size += bytes.len() as u64;
+            tx.send(std::sync::Arc::new(bytes))
+                .map_err(|_| BuildError::Option("blob hasher stopped".into()))
+        };
+        let mut batch = Vec::with_capacity(4 << 20);
+        for (_, c, _) in chunks {
+            let start = batch.len();
+            batch.resize(start + c.stored_size as usize, 0);
+            spill
+                .read_exact_at(&mut batch[start..], c.spill_offset)
+                .map_err(spill_err)?;
+            if batch.len() >= 4 << 20 {
+                emit(std::mem::replace(&mut batch, Vec::with_capacity(4 << 20)))?;
             }
         }
+        emit(batch)?;
+        for piece in tail_pieces {
+            emit(piece.to_vec())?;
+        }
+        drop(emit);
+        drop(tx);
         // No fsync: a build is repeatable and a torn blob fails its id check, while
         // syncing 100 MB would double the wall time of a typical layer build.
         out.flush().map_err(|e| BuildError::io(tmp.path(), e))?;

@@ -1,18 +1,23 @@
 //! Cuts file data into fixed-size chunks and digests and compresses them on a thread
-//! pool while the source is still being read. Each distinct chunk is compressed once;
-//! the pool keeps the stored bytes until the blob is written.
+//! pool while the source is still being read. Each distinct chunk is compressed once and
+//! its stored bytes go to a spill file next to the blob, so memory stays bounded by the
+//! chunks in flight, not by the size of the layer.
 
 use crate::rafs::image::ChunkDigest;
 use crate::rafs::{Compressor, Digester};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// One distinct chunk, ready to be written to a blob.
-#[derive(Debug)]
+/// One distinct chunk, its stored bytes waiting in the spill file.
+#[derive(Clone, Copy, Debug)]
 pub struct PooledChunk {
-    /// Compressed bytes, or the plain bytes when compression did not help.
-    pub stored: Vec<u8>,
+    pub spill_offset: u64,
+    /// Compressed size, or the plain size when compression did not help.
+    pub stored_size: u32,
     pub compressed: bool,
     pub uncompressed_size: u32,
     pub crc32: u32,
@@ -21,13 +26,30 @@ pub struct PooledChunk {
 /// Where a file's chunk went: `(file key, chunk number) -> digest`.
 pub type ChunkPlacement = (usize, u32, ChunkDigest);
 
+/// What the chunker produced: distinct chunks, every placement, and the spill file that
+/// holds the chunks' stored bytes.
+pub struct ChunkedData {
+    pub chunks: HashMap<ChunkDigest, PooledChunk>,
+    pub placements: Vec<ChunkPlacement>,
+    pub spill: tempfile::NamedTempFile,
+}
+
 struct Shared {
     chunks: Mutex<HashMap<ChunkDigest, PooledChunk>>,
     placements: Mutex<Vec<ChunkPlacement>>,
+    /// A handle on the spill file for the workers' positioned writes.
+    spill: std::fs::File,
+    spill_end: AtomicU64,
+    /// The first spill write error (a full disk, say); reported by `finish`.
+    error: Mutex<Option<std::io::Error>>,
     /// Bytes handed to workers and not yet processed: bounds memory when reading outruns
     /// compression.
     in_flight: Mutex<usize>,
     drained: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct Chunker {
@@ -36,18 +58,21 @@ pub struct Chunker {
     compressor: Compressor,
     pool: rayon::ThreadPool,
     shared: Arc<Shared>,
-    /// Skip compressing digests the parent image already holds.
-    known: Arc<std::collections::HashSet<ChunkDigest>>,
+    spill: tempfile::NamedTempFile,
+    /// Digests the parent image already holds: not compressed, not stored again.
+    known: Arc<HashSet<ChunkDigest>>,
     max_in_flight: usize,
 }
 
 impl Chunker {
+    /// `spill_dir` receives the temporary spill file (put it on the blob's file system).
     pub fn new(
         chunk_size: u32,
         digester: Digester,
         compressor: Compressor,
-        known: std::collections::HashSet<ChunkDigest>,
-    ) -> Self {
+        known: HashSet<ChunkDigest>,
+        spill_dir: &Path,
+    ) -> std::io::Result<Self> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -55,8 +80,11 @@ impl Chunker {
             .num_threads(threads)
             .thread_name(|i| format!("warren-chunk-{i}"))
             .build()
-            .expect("thread pool");
-        Chunker {
+            .map_err(std::io::Error::other)?;
+        let spill = tempfile::Builder::new()
+            .prefix(".warren-spill-")
+            .tempfile_in(spill_dir)?;
+        Ok(Chunker {
             chunk_size: chunk_size as usize,
             digester,
             compressor,
@@ -64,12 +92,16 @@ impl Chunker {
             shared: Arc::new(Shared {
                 chunks: Mutex::new(HashMap::new()),
                 placements: Mutex::new(Vec::new()),
+                spill: spill.as_file().try_clone()?,
+                spill_end: AtomicU64::new(0),
+                error: Mutex::new(None),
                 in_flight: Mutex::new(0),
                 drained: Condvar::new(),
             }),
+            spill,
             known: Arc::new(known),
             max_in_flight: (threads * 4 * chunk_size as usize).max(64 << 20),
-        }
+        })
     }
 
     /// Reads exactly `size` bytes of file `key` and queues its chunks. Returns the number
@@ -91,11 +123,7 @@ impl Chunker {
     fn submit(&self, key: usize, index: u32, buf: Vec<u8>) {
         let len = buf.len();
         {
-            let mut n = self
-                .shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut n = lock(&self.shared.in_flight);
             while *n > self.max_in_flight {
                 n = self
                     .shared
@@ -110,51 +138,20 @@ impl Chunker {
         let (digester, compressor) = (self.digester, self.compressor);
         self.pool.spawn(move || {
             let digest = ChunkDigest(digester.digest(&buf));
-            let seen = known.contains(&digest)
-                || shared
-                    .chunks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&digest);
+            let seen = known.contains(&digest) || lock(&shared.chunks).contains_key(&digest);
             if !seen {
-                let crc32 = crc32c::crc32c(&buf);
-                let size = buf.len() as u32;
-                let (stored, compressed) = match compressor.compress(&buf) {
-                    Some(c) => (c, true),
-                    None => (buf, false),
-                };
-                let chunk = PooledChunk {
-                    stored,
-                    compressed,
-                    uncompressed_size: size,
-                    crc32,
-                };
-                shared
-                    .chunks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(digest)
-                    .or_insert(chunk);
+                store(&shared, digest, &buf, compressor);
             }
-            shared
-                .placements
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((key, index, digest));
-            let mut n = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            *n -= len;
+            lock(&shared.placements).push((key, index, digest));
+            *lock(&shared.in_flight) -= len;
             shared.drained.notify_all();
         });
     }
 
-    /// Waits for all queued chunks; returns the distinct chunks and every placement.
-    pub fn finish(self) -> (HashMap<ChunkDigest, PooledChunk>, Vec<ChunkPlacement>) {
+    /// Waits for all queued chunks and hands over what they produced.
+    pub fn finish(self) -> std::io::Result<ChunkedData> {
         {
-            let mut n = self
-                .shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut n = lock(&self.shared.in_flight);
             while *n > 0 {
                 n = self
                     .shared
@@ -163,17 +160,37 @@ impl Chunker {
                     .unwrap_or_else(|p| p.into_inner());
             }
         }
-        // Workers may still hold their handle for an instant after the count hits zero,
-        // so take the results out rather than unwrapping the Arc.
-        let chunks =
-            std::mem::take(&mut *self.shared.chunks.lock().unwrap_or_else(|p| p.into_inner()));
-        let placements = std::mem::take(
-            &mut *self
-                .shared
-                .placements
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        (chunks, placements)
+        // Workers may hold their handle an instant after the count reaches zero: take the
+        // results out rather than unwrapping the Arc.
+        if let Some(e) = lock(&self.shared.error).take() {
+            return Err(e);
+        }
+        Ok(ChunkedData {
+            chunks: std::mem::take(&mut *lock(&self.shared.chunks)),
+            placements: std::mem::take(&mut *lock(&self.shared.placements)),
+            spill: self.spill,
+        })
     }
+}
+
+/// Compresses a new chunk and appends its stored bytes to the spill file.
+fn store(shared: &Shared, digest: ChunkDigest, data: &[u8], compressor: Compressor) {
+    let crc32 = crc32c::crc32c(data);
+    let packed = compressor.compress(data);
+    let stored = packed.as_deref().unwrap_or(data);
+    let offset = shared
+        .spill_end
+        .fetch_add(stored.len() as u64, Ordering::Relaxed);
+    if let Err(e) = shared.spill.write_all_at(stored, offset) {
+        lock(&shared.error).get_or_insert(e);
+        return;
+    }
+    let chunk = PooledChunk {
+        spill_offset: offset,
+        stored_size: stored.len() as u32,
+        compressed: packed.is_some(),
+        uncompressed_size: data.len() as u32,
+        crc32,
+    };
+    lock(&shared.chunks).entry(digest).or_insert(chunk);
 }

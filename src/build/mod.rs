@@ -77,12 +77,15 @@ pub fn build(
         )));
     }
     let parent_chunks = parent_index(opts)?;
+    std::fs::create_dir_all(&opts.blob_dir).map_err(|e| BuildError::io(&opts.blob_dir, e))?;
     let chunker = Chunker::new(
         opts.chunk_size,
         opts.digester,
         opts.compressor,
         parent_chunks.keys().copied().collect::<HashSet<_>>(),
-    );
+        &opts.blob_dir,
+    )
+    .map_err(|e| BuildError::io(&opts.blob_dir, e))?;
     let mut tree = layer::LayerTree::new();
     let mut entries = 0u64;
     source.for_each(&mut |entry, data| {
@@ -102,7 +105,10 @@ pub fn build(
         }
         Ok(())
     })?;
-    let (pool, placements) = chunker.finish();
+    let chunked = chunker
+        .finish()
+        .map_err(|e| BuildError::io(&opts.blob_dir, e))?;
+    let (pool, placements) = (&chunked.chunks, chunked.placements);
     let files = std::mem::take(&mut tree.files);
     let mut digests: HashMap<InodeId, Vec<ChunkDigest>> = files
         .iter()
@@ -130,7 +136,7 @@ pub fn build(
     }
     order.extend(0..inodes.len());
     let mut placed: HashMap<ChunkDigest, u32> = HashMap::new();
-    let mut blob_chunks: Vec<(ChunkDigest, &chunker::PooledChunk, u64)> = Vec::new();
+    let mut blob_chunks: Vec<(ChunkDigest, chunker::PooledChunk, u64)> = Vec::new();
     let (mut dedup_chunks, mut dedup_size, mut blob_size) = (0u64, 0u64, 0u64);
     let mut refs: HashMap<InodeId, Vec<ChunkRef>> = HashMap::new();
     for id in order {
@@ -166,7 +172,7 @@ pub fn build(
                     blob: parent_blobs,
                     index: blob_chunks.len() as u32,
                 });
-                blob_chunks.push((*d, chunk, k as u64 * opts.chunk_size as u64));
+                blob_chunks.push((*d, *chunk, k as u64 * opts.chunk_size as u64));
                 blob_size += chunk.uncompressed_size as u64;
             }
         }
@@ -189,7 +195,7 @@ pub fn build(
             digester: opts.digester,
             with_toc: opts.blob_toc,
         };
-        let info = blob::write_blob(&opts.blob_dir, &spec, &blob_chunks, &|_| {})?;
+        let info = blob::write_blob(&opts.blob_dir, &spec, chunked.spill.as_file(), &blob_chunks)?;
         blob_id = Some(info.blob_id.clone());
         blobs.push(info);
     }
