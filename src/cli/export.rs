@@ -35,7 +35,9 @@ pub fn run(args: ExportArgs, quiet: bool) -> anyhow::Result<()> {
     let boot = &args.bootstrap;
     let bytes =
         std::fs::read(boot).with_context(|| format!("reading bootstrap {}", boot.display()))?;
-    let bs = reader::parse(&bytes).with_context(|| format!("bad bootstrap {}", boot.display()))?;
+    let mut bytes = bytes;
+    let mut bs =
+        reader::parse(&bytes).with_context(|| format!("bad bootstrap {}", boot.display()))?;
     for (i, b) in bs.image.blobs.iter().enumerate() {
         let path = args.blob_dir.join(&b.blob_id);
         if !path.is_file() {
@@ -47,6 +49,21 @@ pub fn run(args: ExportArgs, quiet: bool) -> anyhow::Result<()> {
         }
     }
     let blobs = BlobDir::new(&args.blob_dir);
+    // The kernel follows chunk records blindly: fix records that name the wrong blob and
+    // export a bootstrap written anew.
+    let moved = crate::rafs::repair::relocate_misplaced(&mut bs, &blobs)
+        .with_context(|| format!("repairing chunk records of {}", boot.display()))?;
+    if moved > 0 {
+        bytes =
+            crate::rafs::writer::write_bootstrap(&bs.image).context("rewriting the bootstrap")?;
+        bs = reader::parse(&bytes).context("reading the rewritten bootstrap")?;
+        if !quiet {
+            eprintln!(
+                "note: {moved} chunk record(s) of {} named the wrong blob (nydus-image --parent-bootstrap); the export carries a repaired bootstrap",
+                boot.display()
+            );
+        }
+    }
     let bar = super::progress(
         quiet || args.json,
         export_bytes(bytes.len() as u64, &bs.image),

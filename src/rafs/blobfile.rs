@@ -76,33 +76,34 @@ impl BlobDir {
 
     /// One chunk, expanded and verified.
     pub fn read_chunk(&self, image: &Image, blob: u32, index: u32) -> Result<Vec<u8>> {
+        self.locate_chunk(image, blob, index).map(|(_, data)| data)
+    }
+
+    /// One chunk, expanded and verified, with the blob that really holds it: the one
+    /// recorded or, for images where nydus-image recorded the wrong blob (layers built with
+    /// --parent-bootstrap), the one whose bytes match the digest.
+    pub fn locate_chunk(&self, image: &Image, blob: u32, index: u32) -> Result<(u32, Vec<u8>)> {
         let info = &image.blobs[blob as usize];
         let chunk = &info.chunks[index as usize];
-        let stored = self.read_at(
-            &info.blob_id,
-            chunk.compressed_offset,
-            chunk.compressed_size as usize,
-        )?;
-        let first = decode_chunk(info, chunk, &stored, image.digester);
-        if first.is_ok() || image.blobs.len() < 2 {
-            return first;
-        }
-        // Images built by nydus-image with --parent-bootstrap can name the wrong blob for
-        // the new layer's chunks; the digest tells which blob really holds them.
-        for other in image.blobs.iter().filter(|b| b.blob_id != info.blob_id) {
-            let Ok(stored) = self.read_at(
-                &other.blob_id,
-                chunk.compressed_offset,
-                chunk.compressed_size as usize,
-            ) else {
+        let from = |id: &str| {
+            let stored =
+                self.read_at(id, chunk.compressed_offset, chunk.compressed_size as usize)?;
+            decode_chunk(info, chunk, &stored, image.digester)
+        };
+        let first = match from(&info.blob_id) {
+            Ok(data) => return Ok((blob, data)),
+            Err(e) => e,
+        };
+        for (j, other) in image.blobs.iter().enumerate() {
+            if other.blob_id == info.blob_id {
                 continue;
-            };
-            if let Ok(data) = decode_chunk(info, chunk, &stored, image.digester) {
+            }
+            if let Ok(data) = from(&other.blob_id) {
                 tracing::debug!(chunk = %chunk.digest, blob = %other.blob_id, "chunk found in another blob than recorded");
-                return Ok(data);
+                return Ok((j as u32, data));
             }
         }
-        first
+        Err(first)
     }
 
     /// A whole regular file's bytes.

@@ -7,7 +7,7 @@
 //! digest-checked on the way ([`decode_chunk`]), so a bad blob gives an error, never an
 //! image with wrong bytes in it.
 
-use super::blobfile::{decode_chunk, BlobDir};
+use super::blobfile::BlobDir;
 use super::error::{RafsError, Result};
 use super::image::{ChunkInfo, Image};
 use super::layout::BLOCK_SIZE;
@@ -123,32 +123,6 @@ fn layout(bootstrap_len: u64, bs: &Bootstrap) -> Result<(Vec<Region>, u64)> {
     Ok((regions, end))
 }
 
-/// Reads one chunk, expanded and verified, and says which blob really holds it: the one
-/// recorded, or (for images where nydus-image recorded the wrong blob) the one whose bytes
-/// match the digest. The same lookup as [`BlobDir::read_chunk`], which does not say where
-/// it found the chunk.
-fn fetch(blobs: &BlobDir, image: &Image, blob: u32, index: u32) -> Result<(u32, Vec<u8>)> {
-    let info = &image.blobs[blob as usize];
-    let chunk = &info.chunks[index as usize];
-    let from = |id: &str| {
-        let stored = blobs.read_at(id, chunk.compressed_offset, chunk.compressed_size as usize)?;
-        decode_chunk(info, chunk, &stored, image.digester)
-    };
-    let first = match from(&info.blob_id) {
-        Ok(data) => return Ok((blob, data)),
-        Err(e) => e,
-    };
-    for (j, other) in image.blobs.iter().enumerate() {
-        if j as u32 == blob || other.blob_id == info.blob_id {
-            continue;
-        }
-        if let Ok(data) = from(&other.blob_id) {
-            return Ok((j as u32, data));
-        }
-    }
-    Err(first)
-}
-
 /// Where one chunk went.
 struct Placed {
     blob: u32,
@@ -235,7 +209,7 @@ fn write_image(
         .into_par_iter()
         .map(|(blob, index)| {
             let chunk = &image.blobs[blob as usize].chunks[index as usize];
-            let (found, data) = fetch(blobs, image, blob, index)?;
+            let (found, data) = blobs.locate_chunk(image, blob, index)?;
             let region = regions[found as usize];
             check_range(chunk, &image.blobs[found as usize].blob_id, region)?;
             file.write_all_at(&data, region.start + chunk.uncompressed_offset)

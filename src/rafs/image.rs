@@ -121,6 +121,26 @@ pub struct ChunkInfo {
     pub file_offset: u64,
 }
 
+impl ChunkInfo {
+    /// A free slot in a blob's chunk list: no chunk table record has this index.
+    pub fn hole() -> Self {
+        ChunkInfo {
+            digest: ChunkDigest::default(),
+            compressed_offset: 0,
+            compressed_size: 0,
+            uncompressed_offset: 0,
+            uncompressed_size: 0,
+            compressed: false,
+            crc32: None,
+            file_offset: 0,
+        }
+    }
+
+    pub fn is_hole(&self) -> bool {
+        self.uncompressed_size == 0
+    }
+}
+
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;

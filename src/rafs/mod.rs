@@ -12,6 +12,7 @@ pub mod export;
 pub mod image;
 pub mod layout;
 pub mod reader;
+pub mod repair;
 pub mod verify;
 pub mod writer;
 

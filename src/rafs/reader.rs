@@ -15,6 +15,9 @@ pub struct Bootstrap {
     pub super_block: SuperBlock,
     pub ext_super_block: ExtSuperBlock,
     pub devices: Vec<DeviceSlot>,
+    /// Chunks that share their (blob, index) key with another in the chunk table, placed
+    /// after the blob's own chunks: their recorded index.
+    pub aliased: HashMap<ChunkRef, u32>,
     /// The on-disk nid of each inode, for error messages and prefetch tables.
     pub nids: Vec<u64>,
 }
@@ -72,11 +75,21 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
         inodes,
         prefetch,
     };
+    let aliased = aliases
+        .iter()
+        .flat_map(|(&(blob, idx), positions)| {
+            positions
+                .iter()
+                .filter(move |&&p| p != idx)
+                .map(move |&p| (ChunkRef { blob, index: p }, idx))
+        })
+        .collect();
     Ok(Bootstrap {
         image,
         super_block: sb,
         ext_super_block: ext,
         devices,
+        aliased,
         nids,
     })
 }
@@ -204,18 +217,9 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
     }
     let mut aliases = HashMap::new();
     for (b, (blob, slot)) in blobs.iter_mut().zip(slots).enumerate() {
-        for (i, c) in slot.into_iter().enumerate() {
+        for c in slot {
             // A hole in the table is only an error if a file points at it: size 0 marks it.
-            blob.chunks.push(c.unwrap_or(ChunkInfo {
-                digest: ChunkDigest::default(),
-                compressed_offset: 0,
-                compressed_size: 0,
-                uncompressed_offset: 0,
-                uncompressed_size: 0,
-                compressed: false,
-                crc32: None,
-                file_offset: i as u64,
-            }));
+            blob.chunks.push(c.unwrap_or_else(ChunkInfo::hole));
         }
         for (idx, info) in std::mem::take(&mut extra[b]) {
             aliases

@@ -524,6 +524,7 @@ fn chunk_records(image: &Image) -> Vec<ChunkRecord> {
             blob.chunks
                 .iter()
                 .enumerate()
+                .filter(|(_, c)| !c.is_hole())
                 .map(move |(i, c)| ChunkRecord {
                     digest: c.digest.0,
                     blob_index: b as u32,
