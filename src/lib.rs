@@ -3,6 +3,10 @@
 //! The library follows the data flow: [`rafs`] reads and writes the on-disk image format,
 //! [`build`] turns directories and layer tars into images.
 
+pub mod api;
+pub mod backend;
 pub mod build;
 pub mod cli;
+pub mod fetch;
+pub mod fs;
 pub mod rafs;

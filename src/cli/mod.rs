@@ -6,6 +6,7 @@ mod create;
 mod export;
 mod inspect;
 mod merge;
+pub mod mount;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write the image as a raw EROFS disk image the kernel can mount.
     Export(export::ExportArgs),
+    /// Mount one image over FUSE in the foreground, data loaded lazily from its blobs.
+    Mount(mount::MountArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => check::run(a, cli.quiet),
         Command::Inspect(a) => inspect::run(a),
         Command::Export(a) => export::run(a, cli.quiet),
+        Command::Mount(a) => mount::run(a, cli.quiet),
     }
 }
 

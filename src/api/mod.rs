@@ -1,0 +1,4 @@
+//! What the node exposes: metrics (Prometheus text and JSON) and the HTTP API on its unix
+//! socket.
+
+pub mod metrics;

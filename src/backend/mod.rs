@@ -1,0 +1,13 @@
+//! Origins of blob data: where a chunk comes from when no cache and no peer has it.
+//! Each backend serves ranged reads of a blob by id; the registry and S3 backends plug in
+//! beside [`localfs`].
+
+pub mod localfs;
+
+/// Ranged reads of blobs, by blob id.
+pub trait BlobBackend: Send + Sync {
+    /// `len` bytes at `offset` of blob `blob_id`; a short read is an error.
+    fn read_range(&self, blob_id: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// A short name for logs and metrics (`localfs`, `registry`, `s3`).
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,141 @@
+use crate::api::metrics::Metrics;
+use crate::backend::localfs::LocalFs;
+use crate::fetch::cache::{ChunkCache, DirCache, NoCache};
+use crate::fetch::FetchOptions;
+use crate::fs::{open_image, ImageMount, MountOptions};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// The image's bootstrap.
+    #[arg(long, short = 'B')]
+    pub bootstrap: PathBuf,
+    /// Directory holding the image's blobs (the origin).
+    #[arg(long, short = 'D')]
+    pub blob_dir: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Chunk cache directory (default: `cache` under the data directory); `none` disables it.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = crate::fs::session::DEFAULT_FUSE_THREADS)]
+    pub fuse_threads: usize,
+    /// A file listing paths to prefetch, one per line (as nydusd's --prefetch-files).
+    #[arg(long)]
+    pub prefetch_files: Option<PathBuf>,
+    /// Prefetch every file in the background.
+    #[arg(long)]
+    pub prefetch_all: bool,
+    /// Prefetch bandwidth cap, bytes per second (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch_bandwidth: u64,
+    /// Largest merged origin request, bytes.
+    #[arg(long, default_value_t = crate::fetch::DEFAULT_AMPLIFY_BYTES)]
+    pub amplify_bytes: u64,
+}
+
+/// Where a node keeps its state when the config does not say: /var/lib/warren for root,
+/// the XDG state directory otherwise.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/warren");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("warren")
+}
+
+pub fn open_cache(dir: &Path) -> anyhow::Result<Arc<dyn ChunkCache>> {
+    if dir.as_os_str() == "none" {
+        return Ok(Arc::new(NoCache));
+    }
+    Ok(Arc::new(DirCache::new(dir).with_context(|| {
+        format!("creating cache directory {}", dir.display())
+    })?))
+}
+
+pub fn read_prefetch_list(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading prefetch list {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("cache"));
+    let cache = open_cache(&cache_dir)?;
+    let metrics = Metrics::new();
+    let fetch = FetchOptions {
+        amplify_bytes: args.amplify_bytes,
+        ..FetchOptions::default()
+    };
+    let chain = open_image(
+        &args.bootstrap,
+        Arc::new(LocalFs::new(&args.blob_dir)),
+        cache,
+        fetch,
+        metrics,
+    )?;
+    let opts = MountOptions {
+        fuse_threads: args.fuse_threads,
+        prefetch_files: match &args.prefetch_files {
+            Some(p) => read_prefetch_list(p)?,
+            None => Vec::new(),
+        },
+        prefetch_all: args.prefetch_all,
+        prefetch_bandwidth: args.prefetch_bandwidth,
+        ..MountOptions::default()
+    };
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, term.clone()).context("installing signal handlers")?;
+    }
+    let mount = ImageMount::mount(&args.mountpoint, chain, &opts)?;
+    if !quiet {
+        eprintln!(
+            "mounted {} at {} (Ctrl-C to unmount)",
+            args.bootstrap.display(),
+            args.mountpoint.display()
+        );
+    }
+    // Until a signal, or until someone unmounts it from outside.
+    while !term.load(Ordering::Relaxed) && is_mounted(&args.mountpoint) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if is_mounted(&args.mountpoint) {
+        mount
+            .unmount()
+            .with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
+    }
+    if !quiet {
+        eprintln!("unmounted {}", args.mountpoint.display());
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point right now, by the kernel's mount table.
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let target = target.to_string_lossy();
+    mounts.lines().any(|l| {
+        l.split(' ')
+            .nth(1)
+            .is_some_and(|m| m.replace("\\040", " ") == *target)
+    })
+}

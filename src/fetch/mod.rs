@@ -1,0 +1,342 @@
+//! The fetch chain: a FUSE read becomes a list of chunks; each is looked up in the node's
+//! cache, and what is missing is fetched from the blob's origin: adjacent missing chunks of
+//! one blob in one ranged request (read amplification), at most one fetch per chunk at a
+//! time (in-flight dedup), every chunk verified against its digest before it is used or
+//! cached. Prefetch runs through the same chain and gives way to on-demand reads.
+//!
+//! The peer mesh slots in between the cache and the origin.
+
+pub mod cache;
+pub mod inflight;
+pub mod prefetch;
+
+use crate::api::metrics::{ChunkSource, Metrics};
+use crate::backend::BlobBackend;
+use crate::rafs::image::{ChunkDigest, ChunkInfo, ChunkRef, Image, InodeId, InodeKind};
+use cache::ChunkCache;
+use inflight::{ChunkResult, Claim, InFlight};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Settings of the fetch chain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchOptions {
+    /// Largest origin request made by merging adjacent missing chunks (bytes).
+    pub amplify_bytes: u64,
+    /// Check every chunk against its digest (off only for measurements).
+    pub verify: bool,
+}
+
+pub const DEFAULT_AMPLIFY_BYTES: u64 = 1 << 20;
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            amplify_bytes: DEFAULT_AMPLIFY_BYTES,
+            verify: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("chunk {digest} of blob {blob}: {detail}")]
+    Chunk {
+        blob: String,
+        digest: ChunkDigest,
+        detail: String,
+    },
+    #[error("inode {0} is not a regular file")]
+    NotAFile(InodeId),
+}
+
+pub struct FetchChain {
+    image: Arc<Image>,
+    backend: Arc<dyn BlobBackend>,
+    cache: Arc<dyn ChunkCache>,
+    inflight: InFlight,
+    metrics: Arc<Metrics>,
+    opts: FetchOptions,
+    /// On-demand reads in progress: prefetch waits while there are any.
+    on_demand: AtomicUsize,
+}
+
+/// Counts an on-demand read for as long as it lives.
+struct OnDemand<'a>(&'a AtomicUsize);
+
+impl Drop for OnDemand<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FetchChain {
+    pub fn new(
+        image: Arc<Image>,
+        backend: Arc<dyn BlobBackend>,
+        cache: Arc<dyn ChunkCache>,
+        opts: FetchOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        FetchChain {
+            image,
+            backend,
+            cache,
+            inflight: InFlight::default(),
+            metrics,
+            opts,
+            on_demand: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn image(&self) -> &Arc<Image> {
+        &self.image
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn busy_with_reads(&self) -> bool {
+        self.on_demand.load(Ordering::Relaxed) > 0
+    }
+
+    /// Up to `size` bytes of regular file `inode` from `offset` (fewer at the end of file).
+    pub fn read(&self, inode: InodeId, offset: u64, size: u32) -> Result<Vec<u8>, FetchError> {
+        self.on_demand.fetch_add(1, Ordering::Relaxed);
+        let _guard = OnDemand(&self.on_demand);
+        let ino = &self.image.inodes[inode];
+        let InodeKind::File(chunks) = &ino.kind else {
+            return Err(FetchError::NotAFile(inode));
+        };
+        if offset >= ino.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = ino.size.min(offset + size as u64);
+        let cs = self.image.chunk_size as u64;
+        let (first, last) = ((offset / cs) as usize, ((end - 1) / cs) as usize);
+        // Read amplification: the chunks after the requested ones, while they fit the
+        // budget, come along in the same origin requests.
+        let mut upto = last;
+        let mut budget = self
+            .opts
+            .amplify_bytes
+            .saturating_sub(self.stored_bytes(&chunks[first..=last]));
+        while upto + 1 < chunks.len() {
+            let next = self.info(chunks[upto + 1]).compressed_size as u64;
+            if next > budget {
+                break;
+            }
+            budget -= next;
+            upto += 1;
+        }
+        let results = self.fetch_many(&chunks[first..=upto]);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (k, result) in results.into_iter().take(last - first + 1).enumerate() {
+            let data = result.map_err(|detail| {
+                let c = chunks[first + k];
+                FetchError::Chunk {
+                    blob: self.image.blobs[c.blob as usize].blob_id.clone(),
+                    digest: self.info(c).digest,
+                    detail,
+                }
+            })?;
+            let chunk_start = (first + k) as u64 * cs;
+            let from = offset.saturating_sub(chunk_start) as usize;
+            let to = ((end - chunk_start) as usize).min(data.len());
+            if from < to {
+                out.extend_from_slice(&data[from..to]);
+            }
+        }
+        self.metrics.read_bytes.inc_by(out.len() as u64);
+        Ok(out)
+    }
+
+    fn info(&self, c: ChunkRef) -> &ChunkInfo {
+        &self.image.blobs[c.blob as usize].chunks[c.index as usize]
+    }
+
+    fn stored_bytes(&self, refs: &[ChunkRef]) -> u64 {
+        refs.iter()
+            .map(|c| self.info(*c).compressed_size as u64)
+            .sum()
+    }
+
+    /// The bytes of each chunk in `refs` (same order), from the cache or the origin.
+    pub fn fetch_many(&self, refs: &[ChunkRef]) -> Vec<ChunkResult> {
+        let mut found: HashMap<ChunkDigest, ChunkResult> = HashMap::new();
+        let mut owned: Vec<(ChunkRef, Arc<inflight::Slot>)> = Vec::new();
+        let mut waiting: Vec<(ChunkDigest, Arc<inflight::Slot>)> = Vec::new();
+        for &c in refs {
+            let digest = self.info(c).digest;
+            if found.contains_key(&digest)
+                || owned.iter().any(|(o, _)| self.info(*o).digest == digest)
+            {
+                continue;
+            }
+            if let Some(data) = self.from_cache(c) {
+                found.insert(digest, Ok(data));
+                continue;
+            }
+            match self.inflight.claim(digest) {
+                Claim::Owner(slot) => owned.push((c, slot)),
+                Claim::Waiter(slot) => waiting.push((digest, slot)),
+            }
+        }
+        for run in self.runs(owned) {
+            for (c, slot, result) in self.fetch_run(run) {
+                let digest = self.info(c).digest;
+                self.inflight.finish(&digest, &slot, result.clone());
+                found.insert(digest, result);
+            }
+        }
+        for (digest, slot) in waiting {
+            found.insert(digest, slot.wait());
+        }
+        refs.iter()
+            .map(|c| found[&self.info(*c).digest].clone())
+            .collect()
+    }
+
+    fn from_cache(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
+        let info = self.info(c);
+        let data = self.cache.get(&info.digest)?;
+        if data.len() != info.uncompressed_size as usize
+            || (self.opts.verify && self.image.digester.digest(&data) != info.digest.0)
+        {
+            // Self-healing: a bad cached copy is dropped and fetched again.
+            self.metrics.digest_failures.inc();
+            tracing::warn!(chunk = %info.digest, "cached chunk failed verification; refetching");
+            self.cache.remove(&info.digest);
+            return None;
+        }
+        self.metrics
+            .record_fetch(ChunkSource::Store, data.len() as u64);
+        Some(Arc::new(data))
+    }
+
+    /// Groups chunks that sit back to back in one blob into runs no larger than the
+    /// amplification budget (a single chunk may exceed it).
+    fn runs(
+        &self,
+        mut owned: Vec<(ChunkRef, Arc<inflight::Slot>)>,
+    ) -> Vec<Vec<(ChunkRef, Arc<inflight::Slot>)>> {
+        owned.sort_by_key(|(c, _)| (c.blob, self.info(*c).compressed_offset));
+        let mut runs: Vec<Vec<(ChunkRef, Arc<inflight::Slot>)>> = Vec::new();
+        for item in owned {
+            let info = *self.info(item.0);
+            let joins = runs.last().is_some_and(|run| {
+                let (first, last) = (run[0].0, run[run.len() - 1].0);
+                let (fi, li) = (self.info(first), self.info(last));
+                last.blob == item.0.blob
+                    && li.compressed_offset + li.compressed_size as u64 == info.compressed_offset
+                    && info.compressed_offset + info.compressed_size as u64 - fi.compressed_offset
+                        <= self.opts.amplify_bytes
+            });
+            match runs.last_mut() {
+                Some(run) if joins => run.push(item),
+                _ => runs.push(vec![item]),
+            }
+        }
+        runs
+    }
+
+    /// One origin request for a run of adjacent chunks, then each chunk expanded, verified
+    /// and cached.
+    fn fetch_run(
+        &self,
+        run: Vec<(ChunkRef, Arc<inflight::Slot>)>,
+    ) -> Vec<(ChunkRef, Arc<inflight::Slot>, ChunkResult)> {
+        let first = self.info(run[0].0);
+        let last = self.info(run[run.len() - 1].0);
+        let blob = &self.image.blobs[run[0].0.blob as usize];
+        let start = first.compressed_offset;
+        let len = (last.compressed_offset + last.compressed_size as u64 - start) as usize;
+        let kind = self.backend.kind();
+        self.metrics
+            .origin_requests
+            .with_label_values(&[kind])
+            .inc();
+        let bytes = self.backend.read_range(&blob.blob_id, start, len);
+        if bytes.is_err() {
+            self.metrics.origin_errors.with_label_values(&[kind]).inc();
+        }
+        run.into_iter()
+            .map(|(c, slot)| {
+                let info = self.info(c);
+                let result = match &bytes {
+                    Err(e) => Err(format!("{kind} origin: {e}")),
+                    Ok(b) => {
+                        let from = (info.compressed_offset - start) as usize;
+                        self.expand(c, &b[from..from + info.compressed_size as usize])
+                    }
+                };
+                (c, slot, result)
+            })
+            .collect()
+    }
+
+    /// Decompresses and verifies one chunk fetched from the origin, then caches it.
+    fn expand(&self, c: ChunkRef, stored: &[u8]) -> ChunkResult {
+        let blob = &self.image.blobs[c.blob as usize];
+        let info = self.info(c);
+        let data = match self.decode(blob, info, stored) {
+            Ok(d) => d,
+            Err(e) if self.image.blobs.len() > 1 => self.from_other_blob(c).ok_or(e)?,
+            Err(e) => return Err(e),
+        };
+        self.cache.put(&info.digest, &data);
+        self.metrics
+            .record_fetch(ChunkSource::Origin, data.len() as u64);
+        Ok(Arc::new(data))
+    }
+
+    fn decode(
+        &self,
+        blob: &crate::rafs::BlobInfo,
+        info: &ChunkInfo,
+        stored: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let result = if self.opts.verify {
+            crate::rafs::blobfile::decode_chunk(blob, info, stored, self.image.digester)
+        } else {
+            let codec = if info.compressed {
+                blob.compressor
+            } else {
+                crate::rafs::Compressor::None
+            };
+            codec.decompress(stored, info.uncompressed_size as usize)
+        };
+        result.map_err(|e| {
+            self.metrics.digest_failures.inc();
+            tracing::error!(chunk = %info.digest, blob = %blob.blob_id, error = %e, "chunk from origin failed verification");
+            e.to_string()
+        })
+    }
+
+    /// Images built by nydus-image with --parent-bootstrap may record a chunk under the
+    /// wrong blob: look for bytes with the right digest at the same place in the others.
+    fn from_other_blob(&self, c: ChunkRef) -> Option<Vec<u8>> {
+        let info = self.info(c);
+        let recorded = &self.image.blobs[c.blob as usize];
+        self.image
+            .blobs
+            .iter()
+            .filter(|b| b.blob_id != recorded.blob_id)
+            .find_map(|b| {
+                let stored = self
+                    .backend
+                    .read_range(
+                        &b.blob_id,
+                        info.compressed_offset,
+                        info.compressed_size as usize,
+                    )
+                    .ok()?;
+                crate::rafs::blobfile::decode_chunk(recorded, info, &stored, self.image.digester)
+                    .ok()
+            })
+    }
+}

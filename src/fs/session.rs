@@ -1,0 +1,273 @@
+//! Mounting an image: a kernel FUSE session at a mount point and worker threads serving it.
+//! Each worker blocks only on its own request, so a read waiting on the origin leaves the
+//! other workers free.
+
+use super::{opcodes, RafsFs};
+use crate::api::metrics::Metrics;
+use crate::backend::BlobBackend;
+use crate::fetch::cache::ChunkCache;
+use crate::fetch::prefetch::{self, PrefetchPlan};
+use crate::fetch::{FetchChain, FetchOptions};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::api::server::{MetricsHook, Server};
+use fuse_backend_rs::transport::FuseSession;
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Settings of one mount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MountOptions {
+    /// FUSE worker threads.
+    pub fuse_threads: usize,
+    /// Prefetch the files in the image's prefetch table.
+    pub prefetch_table: bool,
+    /// Paths (absolute in the image) to prefetch, after the table.
+    pub prefetch_files: Vec<String>,
+    /// Then prefetch every file of the image.
+    pub prefetch_all: bool,
+    /// Prefetch bandwidth cap in bytes per second (0: no cap).
+    pub prefetch_bandwidth: u64,
+}
+
+pub const DEFAULT_FUSE_THREADS: usize = 4;
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            fuse_threads: DEFAULT_FUSE_THREADS,
+            prefetch_table: true,
+            prefetch_files: Vec::new(),
+            prefetch_all: false,
+            prefetch_bandwidth: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("bootstrap {path}: {detail}")]
+    Bootstrap { path: String, detail: String },
+    #[error("mount point {path}: {detail}")]
+    MountPoint { path: String, detail: String },
+    #[error("FUSE: {0}")]
+    Fuse(String),
+}
+
+/// Reads a bootstrap and builds the fetch chain that serves its data.
+pub fn open_image(
+    bootstrap: &Path,
+    backend: Arc<dyn BlobBackend>,
+    cache: Arc<dyn ChunkCache>,
+    fetch: FetchOptions,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<FetchChain>, MountError> {
+    let bs =
+        crate::rafs::reader::read_bootstrap_file(bootstrap).map_err(|e| MountError::Bootstrap {
+            path: bootstrap.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(Arc::new(FetchChain::new(
+        Arc::new(bs.image),
+        backend,
+        cache,
+        fetch,
+        metrics,
+    )))
+}
+
+/// One mounted image. Dropping it unmounts.
+pub struct ImageMount {
+    mountpoint: PathBuf,
+    session: Mutex<FuseSession>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+    prefetch: Mutex<Option<JoinHandle<()>>>,
+    chain: Arc<FetchChain>,
+}
+
+thread_local! {
+    static STARTED: Cell<Option<(Instant, u32)>> = const { Cell::new(None) };
+}
+
+/// Per-operation counts and latency, around every request a worker handles.
+struct OpMetrics(Arc<Metrics>);
+
+impl MetricsHook for OpMetrics {
+    fn collect(&self, ih: &InHeader) {
+        STARTED.with(|s| s.set(Some((Instant::now(), ih.opcode))));
+    }
+
+    fn release(&self, oh: Option<&OutHeader>) {
+        if let Some((t, op)) = STARTED.with(|s| s.take()) {
+            let name = opcodes::name(op);
+            self.0.fuse_ops.with_label_values(&[name]).inc();
+            self.0
+                .fuse_op_seconds
+                .with_label_values(&[name])
+                .observe(t.elapsed().as_secs_f64());
+            if oh.is_some_and(|h| h.error != 0) {
+                self.0.fuse_errors.with_label_values(&[name]).inc();
+            }
+        }
+    }
+}
+
+fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    let bad = |detail: String| MountError::MountPoint {
+        path: path.display().to_string(),
+        detail,
+    };
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !md.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    let parent = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+    let parent_dev = parent
+        .parent()
+        .map(|p| std::fs::metadata(p).map(|m| m.dev()));
+    if let Some(Ok(dev)) = parent_dev {
+        if dev != md.dev() {
+            return Err(bad("busy: something is already mounted there".into()));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            MountError::Fuse(format!(
+                "cannot open /dev/fuse: {e} (mounting needs root or access to /dev/fuse)"
+            ))
+        })?;
+    Ok(())
+}
+
+impl ImageMount {
+    pub fn mount(
+        mountpoint: &Path,
+        chain: Arc<FetchChain>,
+        opts: &MountOptions,
+    ) -> Result<ImageMount, MountError> {
+        check_mountpoint(mountpoint)?;
+        let mut session = FuseSession::new(mountpoint, "warren", "rafs", true)
+            .map_err(|e| MountError::Fuse(e.to_string()))?;
+        session
+            .mount()
+            .map_err(|e| MountError::Fuse(format!("mounting {}: {e}", mountpoint.display())))?;
+        let server = Arc::new(Server::new(Arc::new(RafsFs::new(chain.clone()))));
+        let mut workers = Vec::new();
+        for i in 0..opts.fuse_threads.max(1) {
+            let mut channel = session
+                .new_channel()
+                .map_err(|e| MountError::Fuse(e.to_string()))?;
+            let server = server.clone();
+            let hook = OpMetrics(chain.metrics().clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("warren-fuse-{i}"))
+                .spawn(move || loop {
+                    match channel.get_request() {
+                        Ok(Some((reader, writer))) => {
+                            if let Err(e) =
+                                server.handle_message(reader, writer.into(), None, Some(&hook))
+                            {
+                                if let fuse_backend_rs::Error::EncodeMessage(_) = e {
+                                    break; // the kernel closed the session
+                                }
+                                tracing::warn!(error = %e, "FUSE request failed");
+                            }
+                        }
+                        // Woken to exit, or the session is gone after an unmount.
+                        Ok(None) | Err(_) => break,
+                    }
+                })
+                .map_err(|e| MountError::Fuse(e.to_string()))?;
+            workers.push(worker);
+        }
+        chain.metrics().mounts.inc();
+        let stop = Arc::new(AtomicBool::new(false));
+        let plan = prefetch_plan(&chain, opts);
+        let prefetch = (!plan.inodes.is_empty() || plan.all)
+            .then(|| prefetch::spawn(chain.clone(), plan, stop.clone()));
+        Ok(ImageMount {
+            mountpoint: mountpoint.to_path_buf(),
+            session: Mutex::new(session),
+            workers: Mutex::new(workers),
+            stop,
+            prefetch: Mutex::new(prefetch),
+            chain,
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn chain(&self) -> &Arc<FetchChain> {
+        &self.chain
+    }
+
+    /// Blocks until the workers stop (the file system was unmounted from outside).
+    pub fn wait(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+
+    /// Unmounts and stops the workers and prefetch.
+    pub fn unmount(&self) -> Result<(), MountError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let result = session.umount().map_err(|e| {
+            MountError::Fuse(format!("unmounting {}: {e}", self.mountpoint.display()))
+        });
+        let _ = session.wake();
+        drop(session);
+        self.wait();
+        if let Some(p) = self
+            .prefetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = p.join();
+        }
+        result
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            let _ = self.unmount();
+        }
+        self.chain.metrics().mounts.dec();
+    }
+}
+
+fn prefetch_plan(chain: &FetchChain, opts: &MountOptions) -> PrefetchPlan {
+    let image = chain.image();
+    let mut inodes = if opts.prefetch_table {
+        image.prefetch.clone()
+    } else {
+        Vec::new()
+    };
+    for p in &opts.prefetch_files {
+        match image.lookup(p.as_bytes()) {
+            Some(id) => inodes.push(id),
+            None => tracing::warn!(path = %p, "prefetch path not in the image"),
+        }
+    }
+    PrefetchPlan {
+        inodes,
+        all: opts.prefetch_all,
+        bandwidth: (opts.prefetch_bandwidth > 0).then_some(opts.prefetch_bandwidth),
+    }
+}
