@@ -146,6 +146,10 @@ struct InProcess {
 }
 
 fn mount_in_process(boot: &Path, blobs: &Path) -> InProcess {
+    mount_in_process_with(boot, blobs, FetchOptions::default())
+}
+
+fn mount_in_process_with(boot: &Path, blobs: &Path, fetch: FetchOptions) -> InProcess {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -155,7 +159,7 @@ fn mount_in_process(boot: &Path, blobs: &Path) -> InProcess {
         boot,
         Arc::new(LocalFs::new(blobs)),
         cache,
-        FetchOptions::default(),
+        fetch,
         metrics.clone(),
     )
     .unwrap();
@@ -174,24 +178,42 @@ fn origin_chunks(m: &Metrics) -> u64 {
 #[test]
 fn concurrent_random_reads_are_right_and_each_chunk_is_fetched_once() {
     let (boot, blobs) = fixture_image("v6-lz4-64k");
-    let m = mount_in_process(&boot, &blobs);
-    let root = m.mount.mountpoint().to_path_buf();
-
-    // 16 threads hit one byte of the same single-chunk file at once: one origin fetch.
-    let before = origin_chunks(&m.metrics);
-    std::thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| {
-                let f = std::fs::File::open(root.join("files/size-4097")).unwrap();
-                let mut b = [0u8; 1];
-                f.read_exact_at(&mut b, 4096).unwrap();
-            });
-        }
-    });
+    let one_byte_from_16_readers = |root: &Path| {
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| {
+                    let f = std::fs::File::open(root.join("files/size-4097")).unwrap();
+                    let mut b = [0u8; 1];
+                    f.read_exact_at(&mut b, 4096).unwrap();
+                });
+            }
+        })
+    };
+    // Without read amplification, the chunk holding that byte is the only one fetched,
+    // once, however many readers want it at the same time.
+    let no_amplify = FetchOptions {
+        amplify_bytes: 0,
+        ..FetchOptions::default()
+    };
+    let exact = mount_in_process_with(&boot, &blobs, no_amplify);
+    one_byte_from_16_readers(exact.mount.mountpoint());
     assert_eq!(
-        origin_chunks(&m.metrics) - before,
+        origin_chunks(&exact.metrics),
         1,
         "one chunk read by 16 readers must be fetched once"
+    );
+    drop(exact);
+
+    // With it (the default), neighbours ride along, still in one origin request.
+    let m = mount_in_process(&boot, &blobs);
+    let root = m.mount.mountpoint().to_path_buf();
+    one_byte_from_16_readers(&root);
+    assert_eq!(
+        m.metrics
+            .origin_requests
+            .with_label_values(&["localfs"])
+            .get(),
+        1
     );
 
     // 16 readers of random ranges across the big files get the right bytes.

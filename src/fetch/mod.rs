@@ -28,15 +28,19 @@ pub struct FetchOptions {
     pub amplify_bytes: u64,
     /// Check every chunk against its digest (off only for measurements).
     pub verify: bool,
+    /// Recently used chunks kept decoded and verified in memory (bytes).
+    pub memory_cache_bytes: u64,
 }
 
 pub const DEFAULT_AMPLIFY_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MEMORY_CACHE_BYTES: u64 = 128 << 20;
 
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             amplify_bytes: DEFAULT_AMPLIFY_BYTES,
             verify: true,
+            memory_cache_bytes: DEFAULT_MEMORY_CACHE_BYTES,
         }
     }
 }
@@ -62,6 +66,37 @@ pub struct FetchChain {
     opts: FetchOptions,
     /// On-demand reads in progress: prefetch waits while there are any.
     on_demand: AtomicUsize,
+    /// Decoded, verified chunks: small reads of a chunk cost a copy, not a decode.
+    hot: std::sync::Mutex<HotChunks>,
+}
+
+/// An LRU of decoded chunks bounded by bytes.
+struct HotChunks {
+    lru: lru::LruCache<ChunkDigest, Arc<Vec<u8>>>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl HotChunks {
+    fn get(&mut self, d: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
+        self.lru.get(d).cloned()
+    }
+
+    fn put(&mut self, d: ChunkDigest, data: Arc<Vec<u8>>) {
+        if data.len() as u64 > self.limit {
+            return;
+        }
+        self.bytes += data.len() as u64;
+        if let Some(old) = self.lru.put(d, data) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > self.limit {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
 }
 
 /// Counts an on-demand read for as long as it lives.
@@ -81,6 +116,11 @@ impl FetchChain {
         opts: FetchOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let hot = HotChunks {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            limit: opts.memory_cache_bytes,
+        };
         FetchChain {
             image,
             backend,
@@ -89,6 +129,7 @@ impl FetchChain {
             metrics,
             opts,
             on_demand: AtomicUsize::new(0),
+            hot: std::sync::Mutex::new(hot),
         }
     }
 
@@ -133,7 +174,9 @@ impl FetchChain {
             budget -= next;
             upto += 1;
         }
-        let results = self.fetch_many(&chunks[first..=upto]);
+        let mut wanted = chunks[first..=upto].to_vec();
+        self.add_blob_neighbors(&mut wanted, budget);
+        let results = self.fetch_many(&wanted);
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (k, result) in results.into_iter().take(last - first + 1).enumerate() {
             let data = result.map_err(|detail| {
@@ -153,6 +196,44 @@ impl FetchChain {
         }
         self.metrics.read_bytes.inc_by(out.len() as u64);
         Ok(out)
+    }
+
+    /// Read amplification across files: the chunks that follow in the blob usually belong
+    /// to the files read next (the builder lays blobs out in tree order), so uncached ones
+    /// ride along in the same origin request while the budget lasts.
+    fn add_blob_neighbors(&self, wanted: &mut Vec<ChunkRef>, mut budget: u64) {
+        let Some(&last) = wanted.last() else { return };
+        let chunks = &self.image.blobs[last.blob as usize].chunks;
+        for index in last.index as usize + 1..chunks.len() {
+            let info = &chunks[index];
+            if info.is_hole() {
+                continue;
+            }
+            if info.compressed_size as u64 > budget || self.is_local(&info.digest) {
+                break;
+            }
+            budget -= info.compressed_size as u64;
+            wanted.push(ChunkRef {
+                blob: last.blob,
+                index: index as u32,
+            });
+        }
+    }
+
+    fn is_local(&self, d: &ChunkDigest) -> bool {
+        self.hot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lru
+            .contains(d)
+            || self.cache.contains(d)
+    }
+
+    fn hot_put(&self, d: ChunkDigest, data: &Arc<Vec<u8>>) {
+        self.hot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(d, data.clone());
     }
 
     fn info(&self, c: ChunkRef) -> &ChunkInfo {
@@ -203,6 +284,16 @@ impl FetchChain {
 
     fn from_cache(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
         let info = self.info(c);
+        if let Some(data) = self
+            .hot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&info.digest)
+        {
+            self.metrics
+                .record_fetch(ChunkSource::Store, data.len() as u64);
+            return Some(data);
+        }
         let data = self.cache.get(&info.digest)?;
         if data.len() != info.uncompressed_size as usize
             || (self.opts.verify && self.image.digester.digest(&data) != info.digest.0)
@@ -215,7 +306,9 @@ impl FetchChain {
         }
         self.metrics
             .record_fetch(ChunkSource::Store, data.len() as u64);
-        Some(Arc::new(data))
+        let data = Arc::new(data);
+        self.hot_put(info.digest, &data);
+        Some(data)
     }
 
     /// Groups chunks that sit back to back in one blob into runs no larger than the
@@ -288,10 +381,12 @@ impl FetchChain {
             Err(e) if self.image.blobs.len() > 1 => self.from_other_blob(c).ok_or(e)?,
             Err(e) => return Err(e),
         };
-        self.cache.put(&info.digest, &data);
         self.metrics
             .record_fetch(ChunkSource::Origin, data.len() as u64);
-        Ok(Arc::new(data))
+        let data = Arc::new(data);
+        self.hot_put(info.digest, &data);
+        self.cache.put(&info.digest, &data);
+        Ok(data)
     }
 
     fn decode(

@@ -19,6 +19,8 @@ const TTL: Duration = Duration::from_secs(3600 * 24 * 365);
 
 pub struct RafsFs {
     chain: Arc<FetchChain>,
+    /// The kernel agreed to skip open/release (and opendir/releasedir) round trips.
+    no_open: std::sync::atomic::AtomicBool,
     /// Parent of each directory, for the `..` entries of readdir.
     parents: Vec<InodeId>,
 }
@@ -38,7 +40,11 @@ impl RafsFs {
                 }
             }
         }
-        RafsFs { chain, parents }
+        RafsFs {
+            chain,
+            parents,
+            no_open: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn image(&self) -> &Image {
@@ -126,7 +132,15 @@ impl FileSystem for RafsFs {
             | FsOptions::DO_READDIRPLUS
             | FsOptions::READDIRPLUS_AUTO
             | FsOptions::MAX_PAGES
-            | FsOptions::BIG_WRITES;
+            | FsOptions::BIG_WRITES
+            | FsOptions::ZERO_MESSAGE_OPEN
+            | FsOptions::ZERO_MESSAGE_OPENDIR;
+        // Nothing happens at open, so let the kernel skip it: it then keeps the page cache
+        // of files and directories as if every open had said so.
+        let no_open =
+            capable.contains(FsOptions::ZERO_MESSAGE_OPEN | FsOptions::ZERO_MESSAGE_OPENDIR);
+        self.no_open
+            .store(no_open, std::sync::atomic::Ordering::Relaxed);
         Ok(capable & wanted)
     }
 
@@ -173,6 +187,9 @@ impl FileSystem for RafsFs {
         }
         if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(errno(libc::EROFS));
+        }
+        if self.no_open.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(errno(libc::ENOSYS));
         }
         Ok((None, OpenOptions::KEEP_CACHE, None))
     }
@@ -272,6 +289,9 @@ impl FileSystem for RafsFs {
         let (_, node) = self.inode(inode)?;
         if !node.is_dir() {
             return Err(errno(libc::ENOTDIR));
+        }
+        if self.no_open.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(errno(libc::ENOSYS));
         }
         Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
     }
