@@ -2,3 +2,4 @@
 //! socket.
 
 pub mod metrics;
+pub mod server;

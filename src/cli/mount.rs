@@ -37,6 +37,9 @@ pub struct MountArgs {
     /// Largest merged origin request, bytes.
     #[arg(long, default_value_t = crate::fetch::DEFAULT_AMPLIFY_BYTES)]
     pub amplify_bytes: u64,
+    /// Serve Prometheus text at http://ADDR/metrics while mounted (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where a node keeps its state when the config does not say: /var/lib/warren for root,
@@ -80,6 +83,16 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_data_dir().join("cache"));
     let cache = open_cache(&cache_dir)?;
     let metrics = Metrics::new();
+    let _metrics_server = match args.metrics_addr {
+        Some(addr) => {
+            let server = crate::api::server::BackgroundServer::metrics(addr, metrics.clone())?;
+            if !quiet {
+                eprintln!("metrics at http://{}/metrics", server.local_addr());
+            }
+            Some(server)
+        }
+        None => None,
+    };
     let fetch = FetchOptions {
         amplify_bytes: args.amplify_bytes,
         ..FetchOptions::default()
