@@ -9,4 +9,5 @@ pub mod build;
 pub mod cli;
 pub mod fetch;
 pub mod fs;
+pub mod node;
 pub mod rafs;

@@ -7,6 +7,7 @@ mod export;
 mod inspect;
 mod merge;
 pub mod mount;
+mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Mount one image over FUSE in the foreground, data loaded lazily from its blobs.
     Mount(mount::MountArgs),
+    /// Run the node: HTTP API on a unix socket, mounts, Prometheus metrics.
+    Node(node::NodeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Export(a) => export::run(a, cli.quiet),
         Command::Mount(a) => mount::run(a, cli.quiet),
+        Command::Node(a) => node::run(a, cli.quiet),
     }
 }
 
