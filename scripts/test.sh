@@ -63,7 +63,8 @@ apt_deps() {
         pkg-config=pkg-config \
         zstd=zstd \
         hyperfine=hyperfine \
-        time=/usr/bin/time
+        time=/usr/bin/time \
+        prometheus=promtool
 }
 
 rootfs() {
