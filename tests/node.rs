@@ -201,6 +201,10 @@ impl NodeProc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The socket accepts from the start; the node answers once the configured mounts
+        // are up.
+        let (status, info) = node.api("GET", "/api/v1/daemon", None);
+        assert_eq!(status, 200, "{info}");
         node
     }
 

@@ -1,6 +1,6 @@
 use crate::api::metrics::Metrics;
 use crate::backend::localfs::LocalFs;
-use crate::fetch::cache::{ChunkCache, DirCache, NoCache};
+use crate::fetch::cache::{ChunkCache, NoCache, PackCache};
 use crate::fetch::FetchOptions;
 use crate::fs::{open_image, ImageMount, MountOptions};
 use anyhow::Context;
@@ -60,8 +60,8 @@ pub fn open_cache(dir: &Path) -> anyhow::Result<Arc<dyn ChunkCache>> {
     if dir.as_os_str() == "none" {
         return Ok(Arc::new(NoCache));
     }
-    Ok(Arc::new(DirCache::new(dir).with_context(|| {
-        format!("creating cache directory {}", dir.display())
+    Ok(Arc::new(PackCache::open(dir).with_context(|| {
+        format!("opening chunk cache {}", dir.display())
     })?))
 }
 
@@ -77,6 +77,7 @@ pub fn read_prefetch_list(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
+    crate::fs::check_mountpoint(&args.mountpoint)?;
     let cache_dir = args
         .cache_dir
         .clone()

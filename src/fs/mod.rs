@@ -7,4 +7,4 @@ pub mod opcodes;
 pub mod session;
 
 pub use filesystem::RafsFs;
-pub use session::{open_image, ImageMount, MountError, MountOptions};
+pub use session::{check_mountpoint, open_image, ImageMount, MountError, MountOptions};

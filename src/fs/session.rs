@@ -119,7 +119,9 @@ impl MetricsHook for OpMetrics {
     }
 }
 
-fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+/// Refuses a mount point that is missing, not a directory or already mounted on, and a
+/// process that cannot open /dev/fuse: before any other work, so the error is the first thing.
+pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     let bad = |detail: String| MountError::MountPoint {
         path: path.display().to_string(),
         detail,
