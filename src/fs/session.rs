@@ -56,6 +56,8 @@ pub enum MountError {
     Bootstrap { path: String, detail: String },
     #[error("mount point {path}: {detail}")]
     MountPoint { path: String, detail: String },
+    #[error("mount point {0} is busy: something is already mounted there")]
+    Busy(String),
     #[error("FUSE: {0}")]
     Fuse(String),
 }
@@ -136,7 +138,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
         .map(|p| std::fs::metadata(p).map(|m| m.dev()));
     if let Some(Ok(dev)) = parent_dev {
         if dev != md.dev() {
-            return Err(bad("busy: something is already mounted there".into()));
+            return Err(MountError::Busy(path.display().to_string()));
         }
     }
     std::fs::OpenOptions::new()
@@ -227,9 +229,12 @@ impl ImageMount {
     pub fn unmount(&self) -> Result<(), MountError> {
         self.stop.store(true, Ordering::Relaxed);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let result = session.umount().map_err(|e| {
+        // Workers stop only once the kernel has let go: stopping them under a live mount
+        // would leave its readers hanging.
+        session.umount().map_err(|e| {
+            self.stop.store(false, Ordering::Relaxed);
             MountError::Fuse(format!("unmounting {}: {e}", self.mountpoint.display()))
-        });
+        })?;
         let _ = session.wake();
         drop(session);
         self.wait();
@@ -241,7 +246,7 @@ impl ImageMount {
         {
             let _ = p.join();
         }
-        result
+        Ok(())
     }
 }
 

@@ -451,9 +451,7 @@ fn mount_error(e: MountError) -> ApiError {
         MountError::Bootstrap { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "INVALID_IMAGE", e.to_string())
         }
-        MountError::MountPoint { ref detail, .. } if detail.contains("busy") => {
-            ApiError::conflict(e.to_string())
-        }
+        MountError::Busy(_) => ApiError::conflict(e.to_string()),
         MountError::MountPoint { .. } => ApiError::bad_request(e.to_string()),
         MountError::Fuse(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
