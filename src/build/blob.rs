@@ -187,7 +187,6 @@ pub fn write_blob(
         for piece in tail_pieces {
             emit(piece.to_vec())?;
         }
-        drop(emit);
         drop(tx);
         // No fsync: a build is repeatable and a torn blob fails its id check, while
         // syncing 100 MB would double the wall time of a typical layer build.

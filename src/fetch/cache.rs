@@ -37,12 +37,24 @@ impl PackCache {
         use std::io::{Read, Seek, Write};
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        let open = |name: &str| std::fs::OpenOptions::new().read(true).append(true).create(true).open(dir.join(name));
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(dir.join(name))
+        };
         let data = open("chunks.data")?;
         let mut log = open("chunks.idx")?;
         // One process per cache: offsets in the index assume a single appender.
         // SAFETY: flock on a valid open descriptor.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&log), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&log),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
                 format!("{} is in use by another warren process", dir.display()),
@@ -68,34 +80,47 @@ impl PackCache {
         let index = Arc::new(std::sync::RwLock::new(index));
         let (writer, queue) = sync_channel::<(ChunkDigest, Arc<Vec<u8>>)>(WRITE_QUEUE);
         let (mut out, shared) = (data.try_clone()?, index.clone());
-        std::thread::Builder::new().name("warren-cache-writer".into()).spawn(move || {
-            let mut end = data_len;
-            for (digest, bytes) in queue {
-                let mut rec = Vec::with_capacity(RECORD);
-                rec.extend_from_slice(&digest.0);
-                rec.extend_from_slice(&end.to_le_bytes());
-                rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                // A full disk only costs a refetch later: the read itself succeeded.
-                match out.write_all(&bytes).and_then(|_| log.write_all(&rec)) {
-                    Ok(()) => {
-                        shared.write().unwrap_or_else(|p| p.into_inner()).insert(digest, (end, bytes.len() as u32));
-                        end += bytes.len() as u64;
-                    }
-                    Err(e) => {
-                        tracing::warn!(chunk = %digest, error = %e, "cannot cache chunk");
-                        end = out.metadata().map(|m| m.len()).unwrap_or(end);
+        std::thread::Builder::new()
+            .name("warren-cache-writer".into())
+            .spawn(move || {
+                let mut end = data_len;
+                for (digest, bytes) in queue {
+                    let mut rec = Vec::with_capacity(RECORD);
+                    rec.extend_from_slice(&digest.0);
+                    rec.extend_from_slice(&end.to_le_bytes());
+                    rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    // A full disk only costs a refetch later: the read itself succeeded.
+                    match out.write_all(&bytes).and_then(|_| log.write_all(&rec)) {
+                        Ok(()) => {
+                            shared
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(digest, (end, bytes.len() as u32));
+                            end += bytes.len() as u64;
+                        }
+                        Err(e) => {
+                            tracing::warn!(chunk = %digest, error = %e, "cannot cache chunk");
+                            end = out.metadata().map(|m| m.len()).unwrap_or(end);
+                        }
                     }
                 }
-            }
-        })?;
-        Ok(PackCache { data, index, writer })
+            })?;
+        Ok(PackCache {
+            data,
+            index,
+            writer,
+        })
     }
 }
 
 impl ChunkCache for PackCache {
     fn get(&self, digest: &ChunkDigest) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let (offset, len) = *self.index.read().unwrap_or_else(|p| p.into_inner()).get(digest)?;
+        let (offset, len) = *self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)?;
         let mut buf = vec![0u8; len as usize];
         self.data.read_exact_at(&mut buf, offset).ok()?;
         Some(buf)
@@ -111,12 +136,18 @@ impl ChunkCache for PackCache {
     }
 
     fn contains(&self, digest: &ChunkDigest) -> bool {
-        self.index.read().unwrap_or_else(|p| p.into_inner()).contains_key(digest)
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
     }
 
     fn remove(&self, digest: &ChunkDigest) {
         // Forgotten now; the bytes stay until the store compacts.
-        self.index.write().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
     }
 }
 

@@ -204,8 +204,7 @@ impl FetchChain {
     fn add_blob_neighbors(&self, wanted: &mut Vec<ChunkRef>, mut budget: u64) {
         let Some(&last) = wanted.last() else { return };
         let chunks = &self.image.blobs[last.blob as usize].chunks;
-        for index in last.index as usize + 1..chunks.len() {
-            let info = &chunks[index];
+        for (index, info) in chunks.iter().enumerate().skip(last.index as usize + 1) {
             if info.is_hole() {
                 continue;
             }
@@ -258,7 +257,7 @@ impl FetchChain {
             {
                 continue;
             }
-            if let Some(data) = self.from_cache(c) {
+            if let Some(data) = self.cached(c) {
                 found.insert(digest, Ok(data));
                 continue;
             }
@@ -282,7 +281,7 @@ impl FetchChain {
             .collect()
     }
 
-    fn from_cache(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
+    fn cached(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
         let info = self.info(c);
         if let Some(data) = self
             .hot
@@ -378,7 +377,7 @@ impl FetchChain {
         let info = self.info(c);
         let data = match self.decode(blob, info, stored) {
             Ok(d) => d,
-            Err(e) if self.image.blobs.len() > 1 => self.from_other_blob(c).ok_or(e)?,
+            Err(e) if self.image.blobs.len() > 1 => self.search_other_blobs(c).ok_or(e)?,
             Err(e) => return Err(e),
         };
         self.metrics
@@ -414,7 +413,7 @@ impl FetchChain {
 
     /// Images built by nydus-image with --parent-bootstrap may record a chunk under the
     /// wrong blob: look for bytes with the right digest at the same place in the others.
-    fn from_other_blob(&self, c: ChunkRef) -> Option<Vec<u8>> {
+    fn search_other_blobs(&self, c: ChunkRef) -> Option<Vec<u8>> {
         let info = self.info(c);
         let recorded = &self.image.blobs[c.blob as usize];
         self.image

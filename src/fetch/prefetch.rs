@@ -70,12 +70,10 @@ fn run(chain: &FetchChain, plan: &PrefetchPlan, stop: &AtomicBool) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        for result in chain.fetch_many(batch) {
-            if let Ok(data) = result {
-                bytes += data.len() as u64;
-                metrics.prefetch_bytes.inc_by(data.len() as u64);
-                metrics.prefetch_chunks_done.inc();
-            }
+        for data in chain.fetch_many(batch).into_iter().flatten() {
+            bytes += data.len() as u64;
+            metrics.prefetch_bytes.inc_by(data.len() as u64);
+            metrics.prefetch_chunks_done.inc();
         }
         if let Some(rate) = plan.bandwidth.filter(|&r| r > 0) {
             let due = Duration::from_secs_f64(bytes as f64 / rate as f64);

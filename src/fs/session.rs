@@ -175,20 +175,17 @@ impl ImageMount {
             let hook = OpMetrics(chain.metrics().clone());
             let worker = std::thread::Builder::new()
                 .name(format!("warren-fuse-{i}"))
-                .spawn(move || loop {
-                    match channel.get_request() {
-                        Ok(Some((reader, writer))) => {
-                            if let Err(e) =
-                                server.handle_message(reader, writer.into(), None, Some(&hook))
-                            {
-                                if let fuse_backend_rs::Error::EncodeMessage(_) = e {
-                                    break; // the kernel closed the session
-                                }
-                                tracing::warn!(error = %e, "FUSE request failed");
+                .spawn(move || {
+                    // Ends when woken to exit, or when the session is gone after an unmount.
+                    while let Ok(Some((reader, writer))) = channel.get_request() {
+                        if let Err(e) =
+                            server.handle_message(reader, writer.into(), None, Some(&hook))
+                        {
+                            if let fuse_backend_rs::Error::EncodeMessage(_) = e {
+                                break; // the kernel closed the session
                             }
+                            tracing::warn!(error = %e, "FUSE request failed");
                         }
-                        // Woken to exit, or the session is gone after an unmount.
-                        Ok(None) | Err(_) => break,
                     }
                 })
                 .map_err(|e| MountError::Fuse(e.to_string()))?;
