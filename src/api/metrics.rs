@@ -41,6 +41,7 @@ pub struct Metrics {
     pub origin_requests: IntCounterVec,
     pub origin_errors: IntCounterVec,
     pub digest_failures: IntCounter,
+    pub memory_hits: IntCounter,
     pub prefetch_chunks_total: IntGauge,
     pub prefetch_chunks_done: IntCounter,
     pub prefetch_bytes: IntCounter,
@@ -115,6 +116,10 @@ impl Metrics {
             digest_failures: counter(
                 "warren_chunk_digest_failures_total",
                 "Chunks whose bytes did not match their digest",
+            ),
+            memory_hits: counter(
+                "warren_chunk_memory_hits_total",
+                "Chunk reads served from the in-memory chunk cache",
             ),
             prefetch_chunks_total: gauge("warren_prefetch_chunks", "Chunks queued for prefetch"),
             prefetch_chunks_done: counter("warren_prefetch_chunks_done_total", "Prefetched chunks"),

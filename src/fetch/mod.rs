@@ -289,8 +289,8 @@ impl FetchChain {
             .unwrap_or_else(|p| p.into_inner())
             .get(&info.digest)
         {
-            self.metrics
-                .record_fetch(ChunkSource::Store, data.len() as u64);
+            // A memory hit is not a fetch: the traffic split counts where chunks came from.
+            self.metrics.memory_hits.inc();
             return Some(data);
         }
         let data = self.cache.get(&info.digest)?;
