@@ -100,7 +100,7 @@ impl Chunker {
             }),
             spill,
             known: Arc::new(known),
-            max_in_flight: (threads * 4 * chunk_size as usize).max(64 << 20),
+            max_in_flight: (threads * 4 * chunk_size as usize).max(16 << 20),
         })
     }
 
