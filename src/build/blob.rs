@@ -2,7 +2,7 @@
 //! header and, with the `blob-toc` feature, tar headers, the chunk digest array and a
 //! TOC. The blob is named by the sha256 of all its bytes.
 
-use super::chunker::PooledChunk;
+use super::chunker::{PooledChunk, Spill};
 use super::source::BuildError;
 use crate::rafs::blobmeta::{
     encode_ci_v1, tar_header, BlobChunk, BlobMetaHeader, TocEntry, TAR_HEADER_SIZE,
@@ -31,7 +31,7 @@ pub struct BlobSpec {
 pub fn write_blob(
     dir: &Path,
     spec: &BlobSpec,
-    spill: &std::fs::File,
+    spill: Spill,
     chunks: &[(ChunkDigest, PooledChunk, u64)],
 ) -> Result<BlobInfo, BuildError> {
     let mut infos = Vec::with_capacity(chunks.len());
@@ -149,14 +149,74 @@ pub fn write_blob(
     let mut tail_pieces: Vec<&[u8]> = vec![&data_tar, &ci_bytes, &header];
     tail_pieces.extend(tail.iter().map(|t| t.as_slice()));
 
-    std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".warren-blob-")
-        .tempfile_in(dir)
-        .map_err(|e| BuildError::io(dir, e))?;
+    // The spill file already holds the chunks in blob order (a directory build): the tail
+    // goes on its end and it becomes the blob. Otherwise the chunks are copied in order.
+    let in_order = spill.len == data_size
+        && spill.order.len() == chunks.len()
+        && spill.order.iter().zip(chunks).all(|(a, (b, _, _))| a == b);
+    let (tmp, size, blob_id) = if in_order {
+        let Spill {
+            file,
+            mut hash,
+            len,
+            ..
+        } = spill;
+        let mut out = std::io::BufWriter::new(file.as_file());
+        let mut size = len;
+        for piece in &tail_pieces {
+            out.write_all(piece)
+                .map_err(|e| BuildError::io(file.path(), e))?;
+            hash.update(piece);
+            size += piece.len() as u64;
+        }
+        out.flush().map_err(|e| BuildError::io(file.path(), e))?;
+        drop(out);
+        (file, size, hex::encode(hash.finalize()))
+    } else {
+        let tmp = tempfile::Builder::new()
+            .prefix(".warren-blob-")
+            .tempfile_in(dir)
+            .map_err(|e| BuildError::io(dir, e))?;
+        let (size, id) = copy_in_order(&tmp, spill.file.as_file(), chunks, &tail_pieces, dir)?;
+        (tmp, size, id)
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| BuildError::io(tmp.path(), e))?;
+    let dest = dir.join(&blob_id);
+    tmp.persist(&dest)
+        .map_err(|e| BuildError::io(&dest, e.error))?;
+    Ok(BlobInfo {
+        blob_id,
+        chunk_size: spec.chunk_size,
+        compressor: spec.compressor,
+        digester: spec.digester,
+        features,
+        compressed_size: size,
+        uncompressed_size: uncompressed,
+        meta: BlobMetaLocation {
+            compressor: ci_compressor.blob_id(),
+            offset: ci_offset,
+            compressed_size: ci_bytes.len() as u64,
+            uncompressed_size: table.len() as u64,
+        },
+        toc_size,
+        toc_digest,
+        chunks: infos,
+    })
+}
+
+/// Writes the chunks' stored bytes from the spill file in blob order, then the tail,
+/// hashing on a second thread while this one writes. Returns the size and the sha256.
+fn copy_in_order(
+    tmp: &tempfile::NamedTempFile,
+    spill: &std::fs::File,
+    chunks: &[(ChunkDigest, PooledChunk, u64)],
+    tail_pieces: &[&[u8]],
+    dir: &Path,
+) -> Result<(u64, String), BuildError> {
     let spill_err = |e| BuildError::io(dir.join("(spill file)"), e);
-    let (size, blob_id) = std::thread::scope(|s| -> Result<(u64, String), BuildError> {
-        // Batches of chunk bytes go to the hasher while this thread writes them.
+    std::thread::scope(|s| -> Result<(u64, String), BuildError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
         let hasher = s.spawn(move || {
             let mut h = sha2::Sha256::new();
@@ -192,29 +252,5 @@ pub fn write_blob(
         // syncing 100 MB would double the wall time of a typical layer build.
         out.flush().map_err(|e| BuildError::io(tmp.path(), e))?;
         Ok((size, hasher.join().expect("hasher thread")))
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| BuildError::io(tmp.path(), e))?;
-    let dest = dir.join(&blob_id);
-    tmp.persist(&dest)
-        .map_err(|e| BuildError::io(&dest, e.error))?;
-    Ok(BlobInfo {
-        blob_id,
-        chunk_size: spec.chunk_size,
-        compressor: spec.compressor,
-        digester: spec.digester,
-        features,
-        compressed_size: size,
-        uncompressed_size: uncompressed,
-        meta: BlobMetaLocation {
-            compressor: ci_compressor.blob_id(),
-            offset: ci_offset,
-            compressed_size: ci_bytes.len() as u64,
-            uncompressed_size: table.len() as u64,
-        },
-        toc_size,
-        toc_digest,
-        chunks: infos,
     })
 }

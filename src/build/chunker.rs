@@ -1,15 +1,17 @@
 //! Cuts file data into fixed-size chunks and digests and compresses them on a thread
-//! pool while the source is still being read. Each distinct chunk is compressed once and
-//! its stored bytes go to a spill file next to the blob, so memory stays bounded by the
-//! chunks in flight, not by the size of the layer.
+//! pool while the source is still being read. Each distinct chunk is compressed once; one
+//! writer thread appends the stored bytes to a spill file beside the blob, in the order
+//! the chunks were submitted, and hashes them as it goes. Memory stays bounded by the
+//! chunks in flight; when the blob wants the chunks in that same order (a directory walk
+//! is already in tree order), the spill file becomes the blob without a copy.
 
 use crate::rafs::image::ChunkDigest;
 use crate::rafs::{Compressor, Digester};
-use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use sha2::Digest as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// One distinct chunk, its stored bytes waiting in the spill file.
@@ -26,24 +28,38 @@ pub struct PooledChunk {
 /// Where a file's chunk went: `(file key, chunk number) -> digest`.
 pub type ChunkPlacement = (usize, u32, ChunkDigest);
 
-/// What the chunker produced: distinct chunks, every placement, and the spill file that
-/// holds the chunks' stored bytes.
+/// What the chunker produced.
 pub struct ChunkedData {
     pub chunks: HashMap<ChunkDigest, PooledChunk>,
     pub placements: Vec<ChunkPlacement>,
-    pub spill: tempfile::NamedTempFile,
+    pub spill: Spill,
+}
+
+/// The spill file with the distinct chunks' stored bytes, in submission order.
+pub struct Spill {
+    pub file: tempfile::NamedTempFile,
+    /// Digests in the order their bytes sit in the file.
+    pub order: Vec<ChunkDigest>,
+    /// sha256 state over the whole file, so it can become a blob without a re-read.
+    pub hash: sha2::Sha256,
+    pub len: u64,
+}
+
+/// A worker's result for one submitted chunk.
+struct Done {
+    seq: u64,
+    key: usize,
+    index: u32,
+    digest: ChunkDigest,
+    len: usize,
+    /// Stored bytes, when the worker saw the digest for the first time.
+    packed: Option<(Vec<u8>, bool, u32)>,
 }
 
 struct Shared {
+    /// Distinct chunks written so far (workers skip compressing these).
     chunks: Mutex<HashMap<ChunkDigest, PooledChunk>>,
-    placements: Mutex<Vec<ChunkPlacement>>,
-    /// A handle on the spill file for the workers' positioned writes.
-    spill: std::fs::File,
-    spill_end: AtomicU64,
-    /// The first spill write error (a full disk, say); reported by `finish`.
-    error: Mutex<Option<std::io::Error>>,
-    /// Bytes handed to workers and not yet processed: bounds memory when reading outruns
-    /// compression.
+    /// Bytes submitted and not yet written: bounds memory when reading outruns compression.
     in_flight: Mutex<usize>,
     drained: Condvar,
 }
@@ -58,14 +74,16 @@ pub struct Chunker {
     compressor: Compressor,
     pool: rayon::ThreadPool,
     shared: Arc<Shared>,
-    spill: tempfile::NamedTempFile,
+    results: Sender<Done>,
+    writer: std::thread::JoinHandle<std::io::Result<(Vec<ChunkPlacement>, Spill)>>,
+    next_seq: std::cell::Cell<u64>,
     /// Digests the parent image already holds: not compressed, not stored again.
     known: Arc<HashSet<ChunkDigest>>,
     max_in_flight: usize,
 }
 
 impl Chunker {
-    /// `spill_dir` receives the temporary spill file (put it on the blob's file system).
+    /// `spill_dir` receives the spill file (put it where the blob goes).
     pub fn new(
         chunk_size: u32,
         digester: Digester,
@@ -81,25 +99,32 @@ impl Chunker {
             .thread_name(|i| format!("warren-chunk-{i}"))
             .build()
             .map_err(std::io::Error::other)?;
-        let spill = tempfile::Builder::new()
+        let file = tempfile::Builder::new()
             .prefix(".warren-spill-")
             .tempfile_in(spill_dir)?;
+        let shared = Arc::new(Shared {
+            chunks: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
+        });
+        let known = Arc::new(known);
+        let (results, rx) = channel::<Done>();
+        let writer = {
+            let (shared, known) = (shared.clone(), known.clone());
+            std::thread::Builder::new()
+                .name("warren-spill".into())
+                .spawn(move || write_in_order(rx, file, &shared, &known))?
+        };
         Ok(Chunker {
             chunk_size: chunk_size as usize,
             digester,
             compressor,
             pool,
-            shared: Arc::new(Shared {
-                chunks: Mutex::new(HashMap::new()),
-                placements: Mutex::new(Vec::new()),
-                spill: spill.as_file().try_clone()?,
-                spill_end: AtomicU64::new(0),
-                error: Mutex::new(None),
-                in_flight: Mutex::new(0),
-                drained: Condvar::new(),
-            }),
-            spill,
-            known: Arc::new(known),
+            shared,
+            results,
+            writer,
+            next_seq: std::cell::Cell::new(0),
+            known,
             max_in_flight: (threads * 4 * chunk_size as usize).max(16 << 20),
         })
     }
@@ -133,64 +158,117 @@ impl Chunker {
             }
             *n += len;
         }
-        let shared = self.shared.clone();
-        let known = self.known.clone();
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let (shared, known, results) = (
+            self.shared.clone(),
+            self.known.clone(),
+            self.results.clone(),
+        );
         let (digester, compressor) = (self.digester, self.compressor);
         self.pool.spawn(move || {
             let digest = ChunkDigest(digester.digest(&buf));
             let seen = known.contains(&digest) || lock(&shared.chunks).contains_key(&digest);
-            if !seen {
-                store(&shared, digest, &buf, compressor);
-            }
-            lock(&shared.placements).push((key, index, digest));
-            *lock(&shared.in_flight) -= len;
-            shared.drained.notify_all();
+            let packed = (!seen).then(|| {
+                let crc32 = crc32c::crc32c(&buf);
+                match compressor.compress(&buf) {
+                    Some(c) => (c, true, crc32),
+                    None => (buf, false, crc32),
+                }
+            });
+            // The writer is gone only after an error, which `finish` reports.
+            let _ = results.send(Done {
+                seq,
+                key,
+                index,
+                digest,
+                len,
+                packed,
+            });
         });
     }
 
-    /// Waits for all queued chunks and hands over what they produced.
+    /// Waits for every queued chunk to be written and hands over what they produced.
     pub fn finish(self) -> std::io::Result<ChunkedData> {
-        {
-            let mut n = lock(&self.shared.in_flight);
-            while *n > 0 {
-                n = self
-                    .shared
-                    .drained
-                    .wait(n)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        // Workers may hold their handle an instant after the count reaches zero: take the
-        // results out rather than unwrapping the Arc.
-        if let Some(e) = lock(&self.shared.error).take() {
-            return Err(e);
-        }
+        let Chunker {
+            pool,
+            results,
+            writer,
+            shared,
+            ..
+        } = self;
+        drop(results);
+        drop(pool); // workers finish their queue and drop their senders
+        let (placements, spill) = writer
+            .join()
+            .map_err(|_| std::io::Error::other("spill writer panicked"))??;
+        let chunks = std::mem::take(&mut *lock(&shared.chunks));
         Ok(ChunkedData {
-            chunks: std::mem::take(&mut *lock(&self.shared.chunks)),
-            placements: std::mem::take(&mut *lock(&self.shared.placements)),
-            spill: self.spill,
+            chunks,
+            placements,
+            spill,
         })
     }
 }
 
-/// Compresses a new chunk and appends its stored bytes to the spill file.
-fn store(shared: &Shared, digest: ChunkDigest, data: &[u8], compressor: Compressor) {
-    let crc32 = crc32c::crc32c(data);
-    let packed = compressor.compress(data);
-    let stored = packed.as_deref().unwrap_or(data);
-    let offset = shared
-        .spill_end
-        .fetch_add(stored.len() as u64, Ordering::Relaxed);
-    if let Err(e) = shared.spill.write_all_at(stored, offset) {
-        lock(&shared.error).get_or_insert(e);
-        return;
+/// The writer thread: takes workers' results in any order and writes them in submission
+/// order, so the spill file's layout does not depend on thread timing.
+fn write_in_order(
+    rx: std::sync::mpsc::Receiver<Done>,
+    file: tempfile::NamedTempFile,
+    shared: &Shared,
+    known: &HashSet<ChunkDigest>,
+) -> std::io::Result<(Vec<ChunkPlacement>, Spill)> {
+    let mut out = std::io::BufWriter::with_capacity(4 << 20, file.as_file().try_clone()?);
+    let (mut hash, mut len, mut order) = (sha2::Sha256::new(), 0u64, Vec::new());
+    let mut placements = Vec::new();
+    let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut error: Option<std::io::Error> = None;
+    for done in rx {
+        pending.insert(done.seq, done);
+        while let Some(d) = pending.remove(&next) {
+            next += 1;
+            placements.push((d.key, d.index, d.digest));
+            if let Some((stored, compressed, crc32)) = d.packed {
+                let first =
+                    !known.contains(&d.digest) && !lock(&shared.chunks).contains_key(&d.digest);
+                if first && error.is_none() {
+                    match out.write_all(&stored) {
+                        Ok(()) => {
+                            hash.update(&stored);
+                            let chunk = PooledChunk {
+                                spill_offset: len,
+                                stored_size: stored.len() as u32,
+                                compressed,
+                                uncompressed_size: d.len as u32,
+                                crc32,
+                            };
+                            lock(&shared.chunks).insert(d.digest, chunk);
+                            order.push(d.digest);
+                            len += stored.len() as u64;
+                        }
+                        // Keep draining so the reader is never left waiting; report at the end.
+                        Err(e) => error = Some(e),
+                    }
+                }
+            }
+            *lock(&shared.in_flight) -= d.len;
+            shared.drained.notify_all();
+        }
     }
-    let chunk = PooledChunk {
-        spill_offset: offset,
-        stored_size: stored.len() as u32,
-        compressed: packed.is_some(),
-        uncompressed_size: data.len() as u32,
-        crc32,
-    };
-    lock(&shared.chunks).entry(digest).or_insert(chunk);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    out.flush()?;
+    drop(out);
+    Ok((
+        placements,
+        Spill {
+            file,
+            order,
+            hash,
+            len,
+        },
+    ))
 }

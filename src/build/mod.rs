@@ -105,9 +105,15 @@ pub fn build(
         }
         Ok(())
     })?;
+    let started = std::time::Instant::now();
     let chunked = chunker
         .finish()
         .map_err(|e| BuildError::io(&opts.blob_dir, e))?;
+    tracing::debug!(
+        waited_ms = started.elapsed().as_millis() as u64,
+        chunks = chunked.chunks.len(),
+        "source read and chunked"
+    );
     let (pool, placements) = (&chunked.chunks, chunked.placements);
     let files = std::mem::take(&mut tree.files);
     let mut digests: HashMap<InodeId, Vec<ChunkDigest>> = files
@@ -195,7 +201,13 @@ pub fn build(
             digester: opts.digester,
             with_toc: opts.blob_toc,
         };
-        let info = blob::write_blob(&opts.blob_dir, &spec, chunked.spill.as_file(), &blob_chunks)?;
+        let started = std::time::Instant::now();
+        let info = blob::write_blob(&opts.blob_dir, &spec, chunked.spill, &blob_chunks)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            bytes = info.compressed_size,
+            "blob written"
+        );
         blob_id = Some(info.blob_id.clone());
         blobs.push(info);
     }
