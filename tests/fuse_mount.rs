@@ -460,3 +460,52 @@ fn debian_minbase_mounts_and_runs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn prefetch_all_fetches_everything_in_the_background() {
+    let (boot, blobs) = fixture_image("v6-zstd-blake3");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let metrics = Metrics::new();
+    let cache = Arc::new(PackCache::open(dir.path().join("cache")).unwrap());
+    let chain = open_image(
+        &boot,
+        Arc::new(LocalFs::new(&blobs)),
+        cache,
+        FetchOptions::default(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let unique = chain.image().blobs[0].chunks.len() as i64;
+    // A bandwidth cap of 64 MiB/s still lets the 6.6 MB image finish well within the wait.
+    let opts = MountOptions {
+        prefetch_all: true,
+        prefetch_bandwidth: 64 << 20,
+        ..MountOptions::default()
+    };
+    let mount = ImageMount::mount(&mnt, chain, &opts).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (metrics.prefetch_chunks_done.get() as i64) < unique {
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not finish: {} of {unique}",
+            metrics.prefetch_chunks_done.get()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metrics.prefetch_chunks_total.get(), unique);
+    // Everything is local now: reading the whole tree makes no origin request.
+    let requests = metrics
+        .origin_requests
+        .with_label_values(&["localfs"])
+        .get();
+    assert_manifests_equal(&fs_manifest(mount.mountpoint()), &load_manifest());
+    assert_eq!(
+        metrics
+            .origin_requests
+            .with_label_values(&["localfs"])
+            .get(),
+        requests
+    );
+}
