@@ -11,3 +11,11 @@ pub trait BlobBackend: Send + Sync {
     /// A short name for logs and metrics (`localfs`, `registry`, `s3`).
     fn kind(&self) -> &'static str;
 }
+
+/// Where new blobs go: the registry itself, or object storage (`convert --backend s3`).
+pub trait BlobUpload: Send + Sync {
+    /// Uploads the blob file at `path` under `blob_id` (the sha256 of its bytes), unless
+    /// the destination already has it.
+    fn upload(&self, blob_id: &str, path: &std::path::Path) -> std::io::Result<()>;
+    fn kind(&self) -> &'static str;
+}
