@@ -295,7 +295,7 @@ fn huge_chunk_index_is_refused_without_allocating_for_it() {
         msg.contains("chunk table") && msg.contains("index 13481750"),
         "{msg}"
     );
-    assert!(msg.contains("without a record"), "{msg}");
+    assert!(msg.contains("have no record"), "{msg}");
     assert!(largest < 256 << 20, "largest allocation {largest} bytes");
 }
 
@@ -426,4 +426,110 @@ fn directories_sharing_blocks_are_refused() {
     }
     let msg = err_text("directories sharing blocks", &boot);
     assert!(msg.contains("directory sizes add up to"), "{msg}");
+}
+
+/// The reader's limit on chunk-table holes (`MAX_CHUNK_HOLES`).
+const MAX_HOLES: usize = 1 << 20;
+
+/// A one-blob image whose chunk list is a chunk, `holes` free slots, and a second chunk;
+/// files `a` and `b` use the two chunks. Written by warren's writer, with the first
+/// chunk record then repeated once in the padding after the table.
+fn bootstrap_with_holes_and_a_duplicate(holes: usize) -> Vec<u8> {
+    use warren::rafs::image::{
+        BlobInfo, BlobMetaLocation, ChunkDigest, ChunkInfo, ChunkRef, DirEntry, Image, Inode,
+        InodeKind, S_IFDIR, S_IFREG,
+    };
+    use warren::rafs::writer::write_bootstrap;
+    use warren::rafs::{Compressor, Digester};
+
+    let chunk = |n: u8| ChunkInfo {
+        digest: ChunkDigest([n; 32]),
+        compressed_offset: (n as u64 - 1) * 4096,
+        compressed_size: 4096,
+        uncompressed_offset: (n as u64 - 1) * 4096,
+        uncompressed_size: 4096,
+        compressed: false,
+        crc32: None,
+        file_offset: 0,
+    };
+    let mut chunks = vec![chunk(1)];
+    chunks.resize(holes + 1, ChunkInfo::hole());
+    chunks.push(chunk(2));
+    let inode = |mode: u32, size: u64, kind: InodeKind| Inode {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        nlink: 1,
+        size,
+        rdev: (0, 0),
+        xattrs: vec![],
+        kind,
+    };
+    let file = |index: usize| {
+        let refs = vec![ChunkRef {
+            blob: 0,
+            index: index as u32,
+        }];
+        inode(S_IFREG | 0o644, 4096, InodeKind::File(refs))
+    };
+    let root = InodeKind::Dir(vec![
+        DirEntry {
+            name: b"a".to_vec(),
+            inode: 1,
+        },
+        DirEntry {
+            name: b"b".to_vec(),
+            inode: 2,
+        },
+    ]);
+    let image = Image {
+        chunk_size: 4096,
+        compressor: Compressor::None,
+        digester: Digester::Blake3,
+        blobs: vec![BlobInfo {
+            blob_id: "ab".repeat(32),
+            chunk_size: 4096,
+            compressor: Compressor::None,
+            digester: Digester::Blake3,
+            features: 0,
+            compressed_size: 8192,
+            uncompressed_size: 8192,
+            meta: BlobMetaLocation::default(),
+            toc_size: 0,
+            toc_digest: [0; 32],
+            chunks,
+        }],
+        inodes: vec![inode(S_IFDIR | 0o755, 0, root), file(0), file(holes + 1)],
+        prefetch: vec![],
+    };
+    let mut boot = write_bootstrap(&image).unwrap();
+    let table = u64::from_le_bytes(boot[EXT + 24..EXT + 32].try_into().unwrap()) as usize;
+    let size = u64::from_le_bytes(boot[EXT + 32..EXT + 40].try_into().unwrap()) as usize;
+    assert_eq!(size, 160, "two chunk records");
+    assert!(table + size + 80 <= boot.len(), "room after the table");
+    boot.copy_within(table..table + 80, table + size);
+    put_u64(&mut boot, EXT + 32, size as u64 + 80);
+    boot
+}
+
+/// Found by `cargo fuzz run bootstrap`: the hole limit was "slots <= records + 2^20",
+/// so identical repeated records bought extra holes. The reader accepted such a table,
+/// the writer wrote it back without the repeats, and the reader refused its own
+/// output. Holes are now counted as such, whatever repeats or order the table has.
+#[test]
+fn chunk_hole_limit_counts_holes_not_records() {
+    let boot = bootstrap_with_holes_and_a_duplicate(MAX_HOLES);
+    let bs = parse_no_panic("2^20 holes", &boot).expect("2^20 holes are allowed");
+    assert_eq!(bs.image.blobs[0].chunks.len(), MAX_HOLES + 2);
+    let again = warren::rafs::writer::write_bootstrap(&bs.image).unwrap();
+    parse_no_panic("2^20 holes, written again", &again).expect("the rewrite parses");
+
+    let boot = bootstrap_with_holes_and_a_duplicate(MAX_HOLES + 1);
+    let msg = err_text("2^20 + 1 holes and a repeated record", &boot);
+    assert!(
+        msg.contains("1048577 chunks below index 1048578 have no record"),
+        "{msg}"
+    );
 }

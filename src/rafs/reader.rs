@@ -169,18 +169,21 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
     // with --parent-bootstrap, records the new layer's chunks under blob 0, so one key can
     // name several chunks: keep them all, extra ones after the blob's own, and let each file
     // pick by size (`read_chunks`) and each read by digest (`BlobDir::read_chunk`).
-    let mut slots: Vec<Vec<Option<ChunkInfo>>> = blobs.iter().map(|_| Vec::new()).collect();
-    let mut extra: Vec<Vec<(u32, ChunkInfo)>> = blobs.iter().map(|_| Vec::new()).collect();
-    let mut slots_total = 0u64;
+    // First pass: check every record and size each blob's table, so that the holes
+    // (indexes below a blob's highest that no record fills) are counted, whatever the
+    // record order, before any slot is allocated.
+    let mut records = Vec::with_capacity(n as usize);
+    let mut lens = vec![0u64; blobs.len()];
+    let mut keys = std::collections::HashSet::new();
     for i in 0..n {
         let r = ChunkRecord::decode(data, ext.chunk_table_offset + i * CHUNK_INFO_SIZE)?;
         let blob = r.blob_index as usize;
-        let Some(slot) = slots.get_mut(blob) else {
+        if blob >= blobs.len() {
             return Err(RafsError::corrupt(
                 "chunk table",
                 format!("record {i} names blob {blob}"),
             ));
-        };
+        }
         let idx = r.index as usize;
         if idx >= 1 << 24 || r.uncompressed_size == 0 || r.uncompressed_size > 0x100_0000 {
             return Err(RafsError::corrupt(
@@ -188,19 +191,26 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
                 format!("record {i}: index {idx}, size {}", r.uncompressed_size),
             ));
         }
-        if slot.len() <= idx {
-            slots_total += (idx + 1 - slot.len()) as u64;
-            if slots_total > n + MAX_CHUNK_HOLES {
-                return Err(RafsError::corrupt(
-                    "chunk table",
-                    format!(
-                        "record {i}: index {idx} leaves more than {MAX_CHUNK_HOLES} chunks \
-                         without a record"
-                    ),
-                ));
-            }
-            slot.resize(idx + 1, None);
-        }
+        lens[blob] = lens[blob].max(idx as u64 + 1);
+        keys.insert((blob, idx));
+        records.push(r);
+    }
+    let holes = lens.iter().sum::<u64>() - keys.len() as u64;
+    if holes > MAX_CHUNK_HOLES {
+        let top = lens.iter().max().unwrap_or(&0).saturating_sub(1);
+        return Err(RafsError::corrupt(
+            "chunk table",
+            format!(
+                "{holes} chunks below index {top} have no record (at most \
+                 {MAX_CHUNK_HOLES} may be missing)"
+            ),
+        ));
+    }
+    let mut slots: Vec<Vec<Option<ChunkInfo>>> =
+        lens.iter().map(|&len| vec![None; len as usize]).collect();
+    let mut extra: Vec<Vec<(u32, ChunkInfo)>> = blobs.iter().map(|_| Vec::new()).collect();
+    for r in records {
+        let (blob, idx) = (r.blob_index as usize, r.index as usize);
         let info = ChunkInfo {
             digest: ChunkDigest(r.digest),
             compressed_offset: r.compressed_offset,
@@ -211,9 +221,9 @@ fn read_blobs(data: &[u8], ext: &ExtSuperBlock) -> Result<(Vec<BlobInfo>, Aliase
             crc32: (r.flags & CHUNK_FLAG_HAS_CRC32 != 0).then_some(r.crc32),
             file_offset: r.file_offset,
         };
-        match &slot[idx] {
+        match &slots[blob][idx] {
             Some(prev) if *prev != info => extra[blob].push((idx as u32, info)),
-            _ => slot[idx] = Some(info),
+            _ => slots[blob][idx] = Some(info),
         }
     }
     let mut aliases = HashMap::new();
