@@ -533,3 +533,60 @@ fn chunk_hole_limit_counts_holes_not_records() {
         "{msg}"
     );
 }
+
+/// Inline xattr areas that overlap the inodes after them: each fifo claims 64 KiB of
+/// xattrs, whose one entry's value is the bytes that follow. Every inode copied up to
+/// 256 KiB that way, so memory grew with inodes x area; refused now (found reading the
+/// code while fuzzing).
+#[test]
+fn overlapping_xattr_areas_are_refused() {
+    use warren::rafs::image::{DirEntry, Image, Inode, InodeKind, S_IFDIR, S_IFIFO};
+    use warren::rafs::writer::write_bootstrap;
+    use warren::rafs::{Compressor, Digester};
+
+    let inode = |mode: u32, kind: InodeKind| Inode {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        nlink: 1,
+        size: 0,
+        rdev: (0, 0),
+        xattrs: vec![],
+        kind,
+    };
+    let fifos: Vec<DirEntry> = (1..=40)
+        .map(|i| DirEntry {
+            name: format!("f{i:02}").into_bytes(),
+            inode: i,
+        })
+        .collect();
+    let mut inodes = vec![inode(S_IFDIR | 0o755, InodeKind::Dir(fifos))];
+    // Permission bits 0: the mode's low byte is the "shared xattr count" of the area
+    // that starts at this inode, and must be 0.
+    inodes.extend((0..40).map(|_| inode(S_IFIFO, InodeKind::Special)));
+    let image = Image {
+        chunk_size: 1 << 20,
+        compressor: Compressor::None,
+        digester: Digester::Blake3,
+        blobs: vec![],
+        inodes,
+        prefetch: vec![],
+    };
+    let mut boot = write_bootstrap(&image).unwrap();
+    let bs = parse(&boot).expect("the written bootstrap parses");
+    // Room for the areas to stay inside the file.
+    boot.resize(boot.len() + (128 << 10), 0);
+    let meta = bs.super_block.meta_blkaddr as usize * 4096;
+    for e in bs.image.root().children() {
+        let o = meta + bs.nids[e.inode] as usize * 32;
+        assert_eq!(boot[o] & 1, 1, "extended inode");
+        // 16386 slots: a 65552-byte area. Its first entry, 12 bytes into the next
+        // inode, is the top of that inode's size: no name, a 65535-byte value.
+        put_u16(&mut boot, o + 2, 16386);
+        put_u64(&mut boot, o + 8, 0xffff_0000_0000_0000);
+    }
+    let msg = err_text("overlapping xattr areas", &boot);
+    assert!(msg.contains("xattr areas add up to"), "{msg}");
+}

@@ -59,6 +59,7 @@ pub fn parse(data: &[u8]) -> Result<Bootstrap> {
         nids: Vec::new(),
         by_nid: HashMap::new(),
         dir_bytes: 0,
+        xattr_bytes: 0,
     };
     walker.walk(sb.root_nid as u64)?;
     let TreeWalker {
@@ -281,6 +282,8 @@ struct TreeWalker<'a> {
     /// Directory bytes read so far: each directory has blocks of its own, so they all fit
     /// in the bootstrap.
     dir_bytes: u64,
+    /// Inline xattr bytes read so far: each inode's follow it, so they all fit too.
+    xattr_bytes: u64,
 }
 
 impl TreeWalker<'_> {
@@ -354,6 +357,16 @@ impl TreeWalker<'_> {
         let off = self.inode_offset(nid)?;
         let di = DiskInode::decode(self.data, off, nid)?;
         let xattr_off = off + di.disk_size();
+        // Overlapping xattr areas would let every inode copy up to 256 KiB of its
+        // neighbours' bytes.
+        self.xattr_bytes += di.xattr_size();
+        if self.xattr_bytes > self.data.len() as u64 {
+            return Err(bad(format!(
+                "xattr areas add up to {} bytes, more than the whole bootstrap ({} bytes)",
+                self.xattr_bytes,
+                self.data.len()
+            )));
+        }
         let xattrs = read_xattrs(self.data, xattr_off, di.xattr_icount)
             .map_err(|e| bad(format!("xattrs: {e}")))?;
         let tail_off = xattr_off + di.xattr_size();
