@@ -208,7 +208,14 @@ pub fn tar_header(name: &str, size: u64) -> Vec<u8> {
     field(&mut h, 100, 8, 0);
     field(&mut h, 108, 8, 0);
     field(&mut h, 116, 8, 0);
-    field(&mut h, 124, 12, size);
+    if size < 1 << 33 {
+        field(&mut h, 124, 12, size);
+    } else {
+        // 11 octal digits stop below 8 GiB (a big layer's `image.blob`): GNU base-256,
+        // a 0x80 marker and the size big-endian in the rest of the field.
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
     field(&mut h, 136, 12, 0);
     h[156] = b'0';
     h[257..265].copy_from_slice(b"ustar  \0");
@@ -221,4 +228,26 @@ pub fn tar_header(name: &str, size: u64) -> Vec<u8> {
 
 pub fn blocks_of(size: u64) -> u64 {
     size.div_ceil(BLOCK_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A section of 8 GiB or more overflowed the 11 octal digits of the size field, and
+    /// the header writer panicked on the 12th (seen reading the code while fuzzing).
+    #[test]
+    fn tar_header_sizes_past_8_gib() {
+        for size in [0, 4096, (1 << 33) - 1, 1 << 33, 9 << 30, u64::MAX] {
+            let h = tar_header("image.blob", size);
+            assert_eq!(h.len(), TAR_HEADER_SIZE as usize);
+            let parsed = tar::Header::from_byte_slice(&h);
+            assert_eq!(parsed.size().unwrap(), size, "size {size}");
+            assert_eq!(parsed.path().unwrap().to_str(), Some("image.blob"));
+            let mut blank = h.clone();
+            blank[148..156].fill(b' ');
+            let sum: u32 = blank.iter().map(|&b| b as u32).sum();
+            assert_eq!(parsed.cksum().unwrap(), sum, "size {size}");
+        }
+    }
 }
