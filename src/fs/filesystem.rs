@@ -106,6 +106,35 @@ impl RafsFs {
         Ok(out)
     }
 
+    /// Hands the entries of directory `inode` from position `offset` on to `add` (with the
+    /// child's inode id and position) until it reports a full buffer by returning 0.
+    fn each_dirent(
+        &self,
+        inode: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry, InodeId, usize) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let (id, _) = self.inode(inode)?;
+        for (i, (name, child)) in self
+            .dir_entries(id)?
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+        {
+            let mode = self.image().inodes[*child].mode;
+            let e = DirEntry {
+                ino: *child as u64 + 1,
+                offset: i as u64 + 1,
+                type_: dirent_type(mode),
+                name,
+            };
+            if add(e, *child, i)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn xattr_reply(data: Vec<u8>, size: u32) -> io::Result<GetxattrReply> {
         if size == 0 {
             Ok(GetxattrReply::Count(data.len() as u32))
@@ -305,25 +334,7 @@ impl FileSystem for RafsFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let (id, _) = self.inode(inode)?;
-        for (i, (name, child)) in self
-            .dir_entries(id)?
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let mode = self.image().inodes[*child].mode;
-            let e = DirEntry {
-                ino: *child as u64 + 1,
-                offset: i as u64 + 1,
-                type_: dirent_type(mode),
-                name,
-            };
-            if add_entry(e)? == 0 {
-                break;
-            }
-        }
-        Ok(())
+        self.each_dirent(inode, offset, &mut |e, _, _| add_entry(e))
     }
 
     fn readdirplus(
@@ -335,34 +346,18 @@ impl FileSystem for RafsFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let (id, _) = self.inode(inode)?;
-        for (i, (name, child)) in self
-            .dir_entries(id)?
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let mode = self.image().inodes[*child].mode;
-            let e = DirEntry {
-                ino: *child as u64 + 1,
-                offset: i as u64 + 1,
-                type_: dirent_type(mode),
-                name,
-            };
+        self.each_dirent(inode, offset, &mut |e, child, i| {
             // `.` and `..` must not bump lookup counts: hand them over without an entry.
             let entry = if i < 2 {
                 Entry {
                     inode: 0,
-                    ..self.entry(*child)
+                    ..self.entry(child)
                 }
             } else {
-                self.entry(*child)
+                self.entry(child)
             };
-            if add_entry(e, entry)? == 0 {
-                break;
-            }
-        }
-        Ok(())
+            add_entry(e, entry)
+        })
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {

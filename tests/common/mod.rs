@@ -106,18 +106,7 @@ pub fn image_manifest(image: &Image, blob_dir: &std::path::Path) -> BTreeMap<Str
             } else {
                 String::new()
             };
-            let xattrs = ino
-                .xattrs
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}={}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(",");
+            let xattrs = xattr_column(&ino.xattrs);
             (
                 String::from_utf8_lossy(&path).into_owned(),
                 Entry {
@@ -211,4 +200,21 @@ pub fn extract_tree(dest: &std::path::Path) {
         .status()
         .unwrap();
     assert!(st.success(), "extracting tree.tar (needs root)");
+}
+
+/// The manifest's xattrs column: `name=value` pairs by name, joined with commas.
+pub fn xattr_column(pairs: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let mut pairs = pairs.to_vec();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -68,7 +68,7 @@ pub fn xattrs(path: &Path) -> String {
         std::io::Error::last_os_error()
     );
     names.truncate(n as usize);
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = names
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = names
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
         .map(|name| {
@@ -93,18 +93,7 @@ pub fn xattrs(path: &Path) -> String {
             (name.to_vec(), value)
         })
         .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                String::from_utf8_lossy(k),
-                String::from_utf8_lossy(v)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    super::xattr_column(&pairs)
 }
 
 /// One manifest line for what the kernel shows at `path`.
