@@ -11,3 +11,4 @@ pub mod fetch;
 pub mod fs;
 pub mod node;
 pub mod rafs;
+pub mod store;

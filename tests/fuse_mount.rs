@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren::api::metrics::Metrics;
 use warren::backend::localfs::LocalFs;
-use warren::fetch::cache::PackCache;
 use warren::fetch::FetchOptions;
 use warren::fs::{open_image, ImageMount, MountOptions};
+use warren::store::{Store, StoreOptions};
 
 /// `warren mount` running in the background; killed and unmounted on drop.
 struct MountProcess {
@@ -154,7 +154,7 @@ fn mount_in_process_with(boot: &Path, blobs: &Path, fetch: FetchOptions) -> InPr
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let metrics = Metrics::new();
-    let cache = Arc::new(PackCache::open(dir.path().join("cache")).unwrap());
+    let cache = Arc::new(Store::open(&dir.path().join("cache"), &StoreOptions::default()).unwrap());
     let chain = open_image(
         boot,
         Arc::new(LocalFs::new(blobs)),
@@ -468,7 +468,7 @@ fn prefetch_all_fetches_everything_in_the_background() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let metrics = Metrics::new();
-    let cache = Arc::new(PackCache::open(dir.path().join("cache")).unwrap());
+    let cache = Arc::new(Store::open(&dir.path().join("cache"), &StoreOptions::default()).unwrap());
     let chain = open_image(
         &boot,
         Arc::new(LocalFs::new(&blobs)),

@@ -2,12 +2,16 @@
 //! metrics port and as JSON on the API socket. Names are `warren_*`; the traffic split
 //! that tells whether caching and P2P work is `warren_chunk_fetch_bytes_total{source}`.
 
+use crate::fetch::cache::ChunkCache;
+use crate::store::StoreStats;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Where a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,23 @@ impl Metrics {
         })
     }
 
+    /// Exposes the chunk store's figures (size, chunks, hits, misses, evictions, verify
+    /// failures, write failures) as `warren_store_*`, read from the store at each scrape so
+    /// they can never drift from it. Call once per registry.
+    pub fn watch_store(&self, cache: Arc<dyn ChunkCache>) {
+        if cache.stats().is_none() {
+            return;
+        }
+        match StoreCollector::new(cache) {
+            Ok(c) => {
+                if let Err(e) = self.registry.register(Box::new(c)) {
+                    tracing::warn!(error = %e, "registering the store metrics");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "creating the store metrics"),
+        }
+    }
+
     pub fn record_fetch(&self, source: ChunkSource, bytes: u64) {
         self.chunk_fetches
             .with_label_values(&[source.label()])
@@ -179,5 +200,142 @@ impl Metrics {
             out.insert(family.name().to_string(), value);
         }
         serde_json::Value::Object(out)
+    }
+}
+
+type Field = fn(&StoreStats) -> u64;
+
+/// The store's figures as Prometheus metrics, taken from [`ChunkCache::stats`] at scrape
+/// time.
+struct StoreCollector {
+    cache: Arc<dyn ChunkCache>,
+    gauges: Vec<(IntGauge, Field)>,
+    counters: Vec<(IntCounter, Field)>,
+    descs: Vec<Desc>,
+    /// Counters are brought up to the store's value by difference: one scrape at a time.
+    scrape: Mutex<()>,
+}
+
+impl StoreCollector {
+    fn new(cache: Arc<dyn ChunkCache>) -> prometheus::Result<Self> {
+        let gauge_defs: [(&str, &str, Field); 5] = [
+            (
+                "warren_store_bytes",
+                "Bytes of chunk data in the chunk store",
+                |s| s.bytes,
+            ),
+            ("warren_store_chunks", "Chunks in the chunk store", |s| {
+                s.chunks
+            }),
+            ("warren_store_quota_bytes", "The chunk store's quota", |s| {
+                s.quota_bytes
+            }),
+            (
+                "warren_store_disk_bytes",
+                "Bytes the chunk store takes on disk (data and index)",
+                |s| s.disk_bytes,
+            ),
+            (
+                "warren_store_data_files",
+                "Data files of the chunk store",
+                |s| s.data_files,
+            ),
+        ];
+        let counter_defs: [(&str, &str, Field); 9] = [
+            (
+                "warren_store_hits_total",
+                "Chunk reads the store answered",
+                |s| s.hits,
+            ),
+            (
+                "warren_store_misses_total",
+                "Chunk reads the store did not hold",
+                |s| s.misses,
+            ),
+            (
+                "warren_store_verify_failures_total",
+                "Stored chunks that failed verification on read and were dropped",
+                |s| s.verify_failures,
+            ),
+            (
+                "warren_store_evictions_total",
+                "Chunks evicted to stay within the quota",
+                |s| s.evictions,
+            ),
+            (
+                "warren_store_evicted_bytes_total",
+                "Bytes evicted to stay within the quota",
+                |s| s.evicted_bytes,
+            ),
+            (
+                "warren_store_written_chunks_total",
+                "Chunks written to the store",
+                |s| s.written_chunks,
+            ),
+            (
+                "warren_store_written_bytes_total",
+                "Bytes written to the store",
+                |s| s.written_bytes,
+            ),
+            (
+                "warren_store_write_failures_total",
+                "Store write batches that failed (full disk, I/O errors)",
+                |s| s.write_failures,
+            ),
+            (
+                "warren_store_dropped_writes_total",
+                "Chunks not stored because the write queue was full",
+                |s| s.dropped_writes,
+            ),
+        ];
+        let mut descs = Vec::new();
+        let mut gauges = Vec::new();
+        for (name, help, f) in gauge_defs {
+            let g = IntGauge::new(name, help)?;
+            descs.extend(g.desc().into_iter().cloned());
+            gauges.push((g, f));
+        }
+        let mut counters = Vec::new();
+        for (name, help, f) in counter_defs {
+            let c = IntCounter::new(name, help)?;
+            descs.extend(c.desc().into_iter().cloned());
+            counters.push((c, f));
+        }
+        Ok(StoreCollector {
+            cache,
+            gauges,
+            counters,
+            descs,
+            scrape: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for StoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(stats) = self.cache.stats() else {
+            return Vec::new();
+        };
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (g, f) in &self.gauges {
+            g.set(f(&stats).min(i64::MAX as u64) as i64);
+            out.extend(g.collect());
+        }
+        for (c, f) in &self.counters {
+            let (now, seen) = (f(&stats), c.get());
+            if now < seen {
+                c.reset();
+                c.inc_by(now);
+            } else {
+                c.inc_by(now - seen);
+            }
+            out.extend(c.collect());
+        }
+        out
     }
 }

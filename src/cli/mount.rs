@@ -1,8 +1,9 @@
 use crate::api::metrics::Metrics;
 use crate::backend::localfs::LocalFs;
-use crate::fetch::cache::{ChunkCache, NoCache, PackCache};
+use crate::fetch::cache::{ChunkCache, NoCache};
 use crate::fetch::FetchOptions;
 use crate::fs::{open_image, ImageMount, MountOptions};
+use crate::store::{Store, StoreOptions};
 use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,12 @@ pub struct MountArgs {
     pub blob_dir: PathBuf,
     /// Where to mount it.
     pub mountpoint: PathBuf,
-    /// Chunk cache directory (default: `cache` under the data directory); `none` disables it.
+    /// Chunk store directory (default: `cache` under the data directory); `none` disables it.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// The chunk store's quota in bytes (default: half the free space of its file system).
+    #[arg(long)]
+    pub cache_quota: Option<u64>,
     /// FUSE worker threads.
     #[arg(long, default_value_t = crate::fs::session::DEFAULT_FUSE_THREADS)]
     pub fuse_threads: usize,
@@ -56,13 +60,21 @@ pub fn default_data_dir() -> PathBuf {
         .join("warren")
 }
 
-pub fn open_cache(dir: &Path) -> anyhow::Result<Arc<dyn ChunkCache>> {
+/// The node's chunk store in `dir` (`none`: no store). A store that cannot be opened for a
+/// reason other than being in use (a full or read-only disk, a damaged index) is not fatal:
+/// the node runs without it and reads go to the origin, which is what a cache is for.
+pub fn open_cache(dir: &Path, opts: &StoreOptions) -> anyhow::Result<Arc<dyn ChunkCache>> {
     if dir.as_os_str() == "none" {
         return Ok(Arc::new(NoCache));
     }
-    Ok(Arc::new(PackCache::open(dir).with_context(|| {
-        format!("opening chunk cache {}", dir.display())
-    })?))
+    match Store::open(dir, opts) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(e @ crate::store::StoreError::Busy(_)) => Err(e.into()),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot open the chunk store; running without it");
+            Ok(Arc::new(NoCache))
+        }
+    }
 }
 
 pub fn read_prefetch_list(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -82,8 +94,13 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| default_data_dir().join("cache"));
-    let cache = open_cache(&cache_dir)?;
+    let store = StoreOptions {
+        quota_bytes: args.cache_quota,
+        ..StoreOptions::default()
+    };
+    let cache = open_cache(&cache_dir, &store)?;
     let metrics = Metrics::new();
+    metrics.watch_store(cache.clone());
     let _metrics_server = match args.metrics_addr {
         Some(addr) => {
             let server = crate::api::server::BackgroundServer::metrics(addr, metrics.clone())?;

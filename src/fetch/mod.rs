@@ -1,5 +1,6 @@
-//! The fetch chain: a FUSE read becomes a list of chunks; each is looked up in the node's
-//! cache, and what is missing is fetched from the blob's origin: adjacent missing chunks of
+//! The fetch chain: a FUSE read becomes a list of chunks; each is looked up in memory, then
+//! in the node's chunk store ([`crate::store`], keyed by digest and algorithm, verified on
+//! read), and what is missing is fetched from the blob's origin: adjacent missing chunks of
 //! one blob in one ranged request (read amplification), at most one fetch per chunk at a
 //! time (in-flight dedup), every chunk verified against its digest before it is used or
 //! cached. Prefetch runs through the same chain and gives way to on-demand reads.
@@ -13,11 +14,11 @@ pub mod prefetch;
 use crate::api::metrics::{ChunkSource, Metrics};
 use crate::backend::BlobBackend;
 use crate::rafs::image::{ChunkDigest, ChunkInfo, ChunkRef, Image, InodeId, InodeKind};
-use cache::ChunkCache;
+use cache::{ChunkCache, ChunkKey, Lookup};
 use inflight::{ChunkResult, Claim, InFlight};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Settings of the fetch chain.
@@ -26,7 +27,9 @@ use std::sync::Arc;
 pub struct FetchOptions {
     /// Largest origin request made by merging adjacent missing chunks (bytes).
     pub amplify_bytes: u64,
-    /// Check every chunk against its digest (off only for measurements).
+    /// Check every chunk fetched from the origin against its digest (off only for
+    /// measurements; chunks read from the store are checked by the store, `[store]
+    /// verify_on_read`).
     pub verify: bool,
     /// Recently used chunks kept decoded and verified in memory (bytes).
     pub memory_cache_bytes: u64,
@@ -68,7 +71,12 @@ pub struct FetchChain {
     on_demand: AtomicUsize,
     /// Decoded, verified chunks: small reads of a chunk cost a copy, not a decode.
     hot: std::sync::Mutex<HotChunks>,
+    /// This chain's name towards the store's protected sets.
+    owner: u64,
 }
+
+/// Hands out [`FetchChain::owner`] ids.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 /// An LRU of decoded chunks bounded by bytes.
 struct HotChunks {
@@ -130,7 +138,31 @@ impl FetchChain {
             opts,
             on_demand: AtomicUsize::new(0),
             hot: std::sync::Mutex::new(hot),
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The store's key of a chunk of this image: its digest under the image's algorithm.
+    fn key(&self, digest: ChunkDigest) -> ChunkKey {
+        ChunkKey::new(self.image.digester, digest)
+    }
+
+    /// Asks the store to evict the chunks of these files and directories (everything
+    /// below them) last: the image's prefetch set, needed again at every start. Lasts
+    /// until this chain is dropped (the image unmounted).
+    pub fn protect_prefetch_set(&self, inodes: &[InodeId]) {
+        if inodes.is_empty() {
+            return;
+        }
+        let plan = prefetch::PrefetchPlan {
+            inodes: inodes.to_vec(),
+            ..Default::default()
+        };
+        let keys = prefetch::plan_chunks(self, &plan)
+            .into_iter()
+            .map(|c| self.key(self.info(c).digest))
+            .collect();
+        self.cache.protect(self.owner, keys);
     }
 
     pub fn image(&self) -> &Arc<Image> {
@@ -225,7 +257,7 @@ impl FetchChain {
             .unwrap_or_else(|p| p.into_inner())
             .lru
             .contains(d)
-            || self.cache.contains(d)
+            || self.cache.contains(&self.key(*d))
     }
 
     fn hot_put(&self, d: ChunkDigest, data: &Arc<Vec<u8>>) {
@@ -293,14 +325,18 @@ impl FetchChain {
             self.metrics.memory_hits.inc();
             return Some(data);
         }
-        let data = self.cache.get(&info.digest)?;
-        if data.len() != info.uncompressed_size as usize
-            || (self.opts.verify && self.image.digester.digest(&data) != info.digest.0)
-        {
-            // Self-healing: a bad cached copy is dropped and fetched again.
-            self.metrics.digest_failures.inc();
-            tracing::warn!(chunk = %info.digest, "cached chunk failed verification; refetching");
-            self.cache.remove(&info.digest);
+        let data = match self.cache.get(&self.key(info.digest)) {
+            Lookup::Hit(data) => data,
+            Lookup::Miss => return None,
+            Lookup::Corrupt => {
+                // Self-healing: the store dropped its bad copy; the chunk is fetched again.
+                self.metrics.digest_failures.inc();
+                tracing::warn!(chunk = %info.digest, "stored chunk failed verification; refetching");
+                return None;
+            }
+        };
+        if data.len() != info.uncompressed_size as usize {
+            // The image and the digest disagree on the size: let the origin path report it.
             return None;
         }
         self.metrics
@@ -384,7 +420,7 @@ impl FetchChain {
             .record_fetch(ChunkSource::Origin, data.len() as u64);
         let data = Arc::new(data);
         self.hot_put(info.digest, &data);
-        self.cache.put(&info.digest, &data);
+        self.cache.put(&self.key(info.digest), &data);
         Ok(data)
     }
 
@@ -432,5 +468,11 @@ impl FetchChain {
                 crate::rafs::blobfile::decode_chunk(recorded, info, &stored, self.image.digester)
                     .ok()
             })
+    }
+}
+
+impl Drop for FetchChain {
+    fn drop(&mut self) {
+        self.cache.release(self.owner);
     }
 }

@@ -194,6 +194,7 @@ impl ImageMount {
         chain.metrics().mounts.inc();
         let stop = Arc::new(AtomicBool::new(false));
         let plan = prefetch_plan(&chain, opts);
+        chain.protect_prefetch_set(&plan.inodes);
         let prefetch = (!plan.inodes.is_empty() || plan.all)
             .then(|| prefetch::spawn(chain.clone(), plan, stop.clone()));
         Ok(ImageMount {

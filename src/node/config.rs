@@ -6,6 +6,7 @@
 
 use crate::fetch::FetchOptions;
 use crate::fs::MountOptions;
+use crate::store::StoreOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -33,7 +34,7 @@ pub struct NodeConfig {
     /// TCP address of the Prometheus text endpoint `GET /metrics`. Port 0 picks a free port
     /// (reported by `GET /api/v1/daemon`). Default: `127.0.0.1:9464`.
     pub metrics_addr: SocketAddr,
-    /// The chunk cache directory, shared by every mount; `none` turns caching off.
+    /// The chunk store's directory, shared by every mount; `none` turns the store off.
     /// Default: `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
     /// The origin directory (blob files named by blob id) for mounts that do not name one.
@@ -49,6 +50,9 @@ pub struct NodeConfig {
     pub fetch: FetchOptions,
     /// Prefetch defaults for every mount.
     pub prefetch: PrefetchConfig,
+    /// `[store]`: the chunk store's quota, eviction marks, data file size, compression,
+    /// sync and verification ([`StoreOptions`], each field documented there).
+    pub store: StoreOptions,
     /// Images to mount when the node starts.
     pub mounts: Vec<MountConfig>,
 }
@@ -65,6 +69,7 @@ impl Default for NodeConfig {
             id: None,
             fetch: FetchOptions::default(),
             prefetch: PrefetchConfig::default(),
+            store: StoreOptions::default(),
             mounts: Vec::new(),
         }
     }
@@ -133,6 +138,7 @@ pub struct NodeSettings {
     pub blob_dir: PathBuf,
     pub id: Option<String>,
     pub fetch: FetchOptions,
+    pub store: StoreOptions,
     /// Mount options every mount starts from (FUSE threads, prefetch defaults).
     pub mount_defaults: MountOptions,
     pub mounts: Vec<MountConfig>,
@@ -201,6 +207,7 @@ impl NodeConfig {
         if self.fetch.amplify_bytes == 0 {
             return Err("field `fetch.amplify_bytes`: must be at least 1".into());
         }
+        self.store.validate()?;
         for (field, files) in std::iter::once(("prefetch.files".to_string(), &self.prefetch.files))
             .chain(
                 self.mounts
@@ -257,6 +264,7 @@ impl NodeConfig {
             blob_dir,
             id: self.id,
             fetch: self.fetch,
+            store: self.store,
             mount_defaults: MountOptions {
                 fuse_threads: self.fuse_threads,
                 prefetch_table: self.prefetch.table,
@@ -283,6 +291,7 @@ impl NodeSettings {
             fuse_threads: m.fuse_threads,
             id: self.id.clone(),
             fetch: self.fetch.clone(),
+            store: self.store.clone(),
             prefetch: PrefetchConfig {
                 table: m.prefetch_table,
                 files: m.prefetch_files.clone(),
@@ -420,6 +429,15 @@ table = false
 files = ["/etc"]
 all = true
 bandwidth = 1000
+[store]
+quota_bytes = 1073741824
+quota_free_percent = 40
+high_water_percent = 90
+low_water_percent = 70
+data_file_bytes = 16777216
+compression = "lz4"
+sync = false
+verify_on_read = false
 [[mounts]]
 bootstrap = "/i/a.boot"
 mountpoint = "/mnt/a"
@@ -439,6 +457,24 @@ prefetch_files = ["/bin/sh"]
         assert_eq!(s.mount_defaults.fuse_threads, 8);
         assert!(s.mount_defaults.prefetch_all);
         assert!(!s.fetch.verify);
+        assert_eq!(s.store.quota_bytes, Some(1 << 30));
+        assert_eq!(s.store.compression, crate::store::StoreCompression::Lz4);
+        assert!(!s.store.sync && !s.store.verify_on_read);
+    }
+
+    #[test]
+    fn store_limits_are_checked() {
+        let bad = |text: &str| NodeConfig::parse(text).unwrap().validate().unwrap_err();
+        let e = bad("[store]\nlow_water_percent = 96\n");
+        assert!(e.contains("`store.low_water_percent`"), "{e}");
+        let e = bad("[store]\nhigh_water_percent = 101\n");
+        assert!(e.contains("`store.high_water_percent`"), "{e}");
+        let e = bad("[store]\nquota_bytes = 0\n");
+        assert!(e.contains("`store.quota_bytes`"), "{e}");
+        let e = bad("[store]\ndata_file_bytes = 4096\n");
+        assert!(e.contains("`store.data_file_bytes`"), "{e}");
+        let e = NodeConfig::parse("[store]\ncompression = \"gzip\"\n").unwrap_err();
+        assert!(e.contains("`store.compression`"), "{e}");
     }
 
     #[test]

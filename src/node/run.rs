@@ -31,7 +31,7 @@ pub fn run(settings: NodeSettings, quiet: bool) -> anyhow::Result<()> {
     // The socket first: a second node on the same data directory is told that a node is
     // running, not that the cache is locked.
     let cache: Arc<dyn ChunkCache> = match &settings.cache_dir {
-        Some(dir) => crate::cli::mount::open_cache(dir)?,
+        Some(dir) => crate::cli::mount::open_cache(dir, &settings.store)?,
         None => Arc::new(NoCache),
     };
 
@@ -41,7 +41,9 @@ pub fn run(settings: NodeSettings, quiet: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let node = Arc::new(Node::new(settings, metrics_addr, Metrics::new(), cache));
+    let metrics = Metrics::new();
+    metrics.watch_store(cache.clone());
+    let node = Arc::new(Node::new(settings, metrics_addr, metrics, cache));
     let result = runtime.block_on(serve(node, api_listener, metrics_listener, quiet));
     // Dropping the runtime waits for blocking work still running (a mount request that
     // started before the signal unmounts itself once it sees the node closing).
