@@ -10,5 +10,6 @@ pub mod cli;
 pub mod fetch;
 pub mod fs;
 pub mod node;
+pub mod oci;
 pub mod rafs;
 pub mod store;

@@ -3,6 +3,7 @@
 //! beside [`localfs`].
 
 pub mod localfs;
+pub mod registry;
 pub mod s3;
 
 /// Ranged reads of blobs, by blob id.

@@ -2,12 +2,14 @@
 //! context to library errors (`anyhow`) and print human text or, with `--json`, JSON.
 
 mod check;
+mod convert;
 mod create;
 mod export;
 mod inspect;
 mod merge;
 pub mod mount;
 mod node;
+pub mod registry;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write the image as a raw EROFS disk image the kernel can mount.
     Export(export::ExportArgs),
+    /// Convert an OCI or Docker image in a registry into a Nydus image in a registry.
+    Convert(convert::ConvertArgs),
     /// Mount one image over FUSE in the foreground, data loaded lazily from its blobs.
     Mount(mount::MountArgs),
     /// Run the node: HTTP API on a unix socket, mounts, Prometheus metrics.
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => check::run(a, cli.quiet),
         Command::Inspect(a) => inspect::run(a),
         Command::Export(a) => export::run(a, cli.quiet),
+        Command::Convert(a) => convert::run(a, cli.quiet),
         Command::Mount(a) => mount::run(a, cli.quiet),
         Command::Node(a) => node::run(a, cli.quiet),
     }

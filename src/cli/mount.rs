@@ -13,11 +13,20 @@ use std::sync::Arc;
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// The image's bootstrap.
-    #[arg(long, short = 'B')]
-    pub bootstrap: PathBuf,
+    #[arg(long, short = 'B', required_unless_present = "image", conflicts_with = "image")]
+    pub bootstrap: Option<PathBuf>,
     /// Directory holding the image's blobs (the origin).
-    #[arg(long, short = 'D')]
-    pub blob_dir: PathBuf,
+    #[arg(long, short = 'D', required_unless_present = "image", conflicts_with = "image")]
+    pub blob_dir: Option<PathBuf>,
+    /// A Nydus image in a registry (REGISTRY/REPO[:TAG|@DIGEST]): its bootstrap is fetched
+    /// and its blobs are read from the registry by range, on demand.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The platform to pick from an image index (os/arch[/variant]; default: this machine's).
+    #[arg(long, requires = "image")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
     /// Where to mount it.
     pub mountpoint: PathBuf,
     /// Chunk store directory (default: `cache` under the data directory); `none` disables it.
@@ -115,9 +124,20 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         amplify_bytes: args.amplify_bytes,
         ..FetchOptions::default()
     };
+    let (bootstrap, origin, _pulled) = match (&args.image, &args.bootstrap, &args.blob_dir) {
+        (Some(image), _, _) => {
+            let o = super::registry::open_image_origin(image, args.platform.as_deref(), &args.registry)?;
+            (o.bootstrap.clone(), o.backend.clone(), Some(o))
+        }
+        (None, Some(b), Some(d)) => {
+            let local: Arc<dyn crate::backend::BlobBackend> = Arc::new(LocalFs::new(d));
+            (b.clone(), local, None)
+        }
+        _ => anyhow::bail!("give --bootstrap and --blob-dir, or --image"),
+    };
     let chain = open_image(
-        &args.bootstrap,
-        Arc::new(LocalFs::new(&args.blob_dir)),
+        &bootstrap,
+        origin,
         cache,
         fetch,
         metrics,
@@ -140,7 +160,9 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
     if !quiet {
         eprintln!(
             "mounted {} at {} (Ctrl-C to unmount)",
-            args.bootstrap.display(),
+            args.image
+                .clone()
+                .unwrap_or_else(|| bootstrap.display().to_string()),
             args.mountpoint.display()
         );
     }
