@@ -9,6 +9,7 @@ mod inspect;
 mod merge;
 pub mod mount;
 mod node;
+mod store;
 pub mod registry;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Run the node: HTTP API on a unix socket, mounts, Prometheus metrics.
     Node(node::NodeArgs),
+    /// Look into and maintain the node's chunk store: stats, verify, gc.
+    Store(store::StoreArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a, cli.quiet),
         Command::Mount(a) => mount::run(a, cli.quiet),
         Command::Node(a) => node::run(a, cli.quiet),
+        Command::Store(a) => store::run(a),
     }
 }
 

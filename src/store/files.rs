@@ -12,9 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Holes are punched in whole blocks of this size; the partial blocks at a chunk's two ends
-/// stay allocated until the file is deleted.
-const BLOCK: u64 = 4096;
+/// Chunks start on a block boundary in the data files, so the blocks of an evicted chunk
+/// are its own and all of them can be punched; the cost is the unused end of each chunk's
+/// last block (2 KiB on average, 0.2% of a 1 MiB chunk), which on disk stays a hole.
+pub(crate) const BLOCK: u64 = 4096;
+
+/// `n` rounded up to a block boundary.
+pub(crate) fn align(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
 
 pub(crate) struct DataFiles {
     dir: PathBuf,
@@ -82,9 +88,15 @@ impl DataFiles {
         Ok(buf)
     }
 
+    /// Gives the blocks of a chunk at `[offset, offset + len)` back to the file system: all
+    /// of them, the partial last one included, since chunks start on block boundaries.
+    pub(crate) fn punch_chunk(&self, id: u32, offset: u64, len: u64) -> Result<()> {
+        self.punch(id, offset, align(offset + len) - offset)
+    }
+
     /// Gives the whole blocks inside `[offset, offset + len)` back to the file system.
     pub(crate) fn punch(&self, id: u32, offset: u64, len: u64) -> Result<()> {
-        let start = offset.div_ceil(BLOCK) * BLOCK;
+        let start = align(offset);
         let end = (offset + len) / BLOCK * BLOCK;
         if end <= start || self.no_punch.load(Ordering::Relaxed) {
             return Ok(());

@@ -154,7 +154,10 @@ impl Inner {
             // Waits for reads in progress: none may be reading these bytes as they go.
             let _exclusive = self.punch.write().unwrap_or_else(|p| p.into_inner());
             for (_, e) in victims {
-                if let Err(err) = self.files.punch(e.file, e.offset, e.stored_len as u64) {
+                if let Err(err) = self
+                    .files
+                    .punch_chunk(e.file, e.offset, e.stored_len as u64)
+                {
                     tracing::warn!(error = %err, "freeing an evicted chunk's space");
                 }
             }

@@ -89,7 +89,6 @@ pub struct StoreStats {
     pub data_files: u64,
     /// Bytes the store takes on disk: data files (holes excluded) and the index.
     pub disk_bytes: u64,
-    pub compression: String,
     pub hits: u64,
     pub misses: u64,
     pub verify_failures: u64,
@@ -544,7 +543,6 @@ impl Inner {
             low_water_bytes: self.limits.low_water_bytes,
             data_files: on_disk.len() as u64,
             disk_bytes: data_disk + files::disk_usage(&self.dir.join("index")),
-            compression: self.opts.compression.name().into(),
             hits: get(&c.hits),
             misses: get(&c.misses),
             verify_failures: get(&c.verify_failures),

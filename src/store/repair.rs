@@ -185,7 +185,7 @@ pub(crate) fn on_open(db: &rocksdb::DB, files: &DataFiles) -> Result<(WriteState
     let mut punched = rocksdb::WriteBatch::default();
     scan_prefix(db, index::PUNCH, |k, v| {
         let (file, offset, len) = punch_of(k, v)?;
-        files.punch(file, offset, len as u64)?;
+        files.punch_chunk(file, offset, len as u64)?;
         punched.delete(k);
         report.punched += 1;
         Ok(())

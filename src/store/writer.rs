@@ -3,6 +3,7 @@
 //! makes the sync affordable: one fdatasync and one RocksDB write per batch, not per chunk.
 
 use super::error::{Result, StoreError};
+use super::files::align;
 use super::index::{file_key, Entry, FileStat, Totals, META_TOTALS};
 use super::{ChunkKey, Inner, WriteState};
 use crate::rafs::Compressor;
@@ -144,9 +145,31 @@ impl Inner {
             }
             todo.push(enc);
         }
-        if todo.is_empty() {
-            return Ok(0);
+        // A batch larger than the room between the water marks is written in parts, so
+        // that making room for it never evicts more than that room (nor protected chunks
+        // that a smaller write would have spared).
+        let room = (self.limits.high_water_bytes - self.limits.low_water_bytes).max(1);
+        let mut stored = 0;
+        let mut group = Vec::new();
+        let mut group_bytes = 0u64;
+        for enc in todo {
+            let len = enc.bytes.len() as u64;
+            if !group.is_empty() && group_bytes + len > room {
+                stored += self.append_locked(st, std::mem::take(&mut group))?;
+                group_bytes = 0;
+            }
+            group_bytes += len;
+            group.push(enc);
         }
+        if !group.is_empty() {
+            stored += self.append_locked(st, group)?;
+        }
+        Ok(stored)
+    }
+
+    /// Appends chunks as one write and one index batch, evicting first if they would take
+    /// the store past the high-water mark.
+    fn append_locked(&self, st: &mut WriteState, mut todo: Vec<Encoded>) -> Result<usize> {
         let total: u64 = todo.iter().map(|e| e.bytes.len() as u64).sum();
         let high = self.limits.high_water_bytes;
         if st.totals.live_bytes + total > high {
@@ -163,6 +186,7 @@ impl Inner {
                 return Ok(0);
             }
         }
+        let total: u64 = todo.iter().map(|e| e.bytes.len() as u64).sum();
         if st.end >= self.opts.data_file_bytes {
             self.roll_locked(st)?;
         }
@@ -170,11 +194,16 @@ impl Inner {
             Ok(f) => f,
             Err(_) => self.files.create(st.active)?,
         };
-        let mut buf = Vec::with_capacity(todo.iter().map(|e| e.bytes.len()).sum());
+        // Each chunk starts on a block boundary (see `files::BLOCK`); the zeros between
+        // chunks fill the rest of the previous chunk's last block.
+        let start = align(st.end);
+        let mut offsets = Vec::with_capacity(todo.len());
+        let mut buf = Vec::new();
         for e in &todo {
+            buf.resize(align(buf.len() as u64) as usize, 0);
+            offsets.push(start + buf.len() as u64);
             buf.extend_from_slice(&e.bytes);
         }
-        let start = st.end;
         let written = file.write_all_at(&buf, start).and_then(|_| {
             if self.opts.sync {
                 file.sync_data()
@@ -184,12 +213,11 @@ impl Inner {
         });
         if let Err(e) = written {
             // Give back whatever part of the write landed: nothing points at it.
-            let _ = file.set_len(start);
+            let _ = file.set_len(st.end);
             return Err(StoreError::io(self.files.path(st.active), e));
         }
         let mut batch = rocksdb::WriteBatch::default();
-        let mut offset = start;
-        for e in &todo {
+        for (e, &offset) in todo.iter().zip(&offsets) {
             let entry = Entry {
                 file: st.active,
                 offset,
@@ -199,8 +227,8 @@ impl Inner {
                 atime: self.tick(),
             };
             batch.put(e.key.index_key(), entry.encode());
-            offset += e.bytes.len() as u64;
         }
+        let offset = start + buf.len() as u64;
         let old = st.files.get(&st.active).copied().unwrap_or_default();
         let stat = FileStat {
             committed: offset,
@@ -215,7 +243,7 @@ impl Inner {
         batch.put(file_key(st.active), stat.encode());
         batch.put(META_TOTALS, totals.encode());
         if let Err(e) = self.db.write(batch) {
-            let _ = file.set_len(start);
+            let _ = file.set_len(st.end);
             return Err(self.index_err(e));
         }
         st.end = offset;
