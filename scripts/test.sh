@@ -67,6 +67,33 @@ apt_deps() {
         prometheus=promtool
 }
 
+# moto_server is the S3 server (it checks SigV4) that tests/s3.rs starts; boto3 creates its
+# IAM user and bucket. Installed with pip into a venv under the tools dir, only when no
+# moto_server with boto3 beside it is on the PATH already.
+s3_deps() {
+    local venv=$WARREN_TOOLS_ROOT/s3-venv
+    if [ -x "$venv/bin/moto_server" ]; then
+        PATH="$venv/bin:$PATH"
+        export PATH
+    fi
+    if command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3' 2>/dev/null; then
+        return 0
+    fi
+    say "installing moto[server] and boto3 into $venv"
+    command -v python3 >/dev/null 2>&1 || ensure_apt_packages python3=python3
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        ensure_apt_packages python3-venv=/usr/share/doc/python3-venv
+        python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    fi
+    "$venv/bin/python3" -m pip install --quiet 'moto[server]' boto3 ||
+        die "pip could not install moto[server] and boto3 (tests/s3.rs needs them)"
+    PATH="$venv/bin:$PATH"
+    export PATH
+    if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' 2>/dev/null; then
+        die "moto_server or boto3 still missing after pip install"
+    fi
+}
+
 rootfs() {
     ensure_rootfs "$WARREN_ROOTFS"
 }
@@ -82,6 +109,7 @@ run_tests() {
 step preflight preflight
 step apt apt_deps
 step nydus-tools ensure_nydus_tools
+step s3-deps s3_deps
 step rootfs rootfs
 step build build
 step tests run_tests

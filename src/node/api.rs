@@ -12,6 +12,7 @@
 
 use super::{MountRequest, Node};
 use crate::api::server::{ApiError, ApiRequest, ApiResponse, Handler};
+use crate::backend::s3::S3Config;
 use hyper::Method;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct MountBody {
 #[serde(default, deny_unknown_fields)]
 pub struct WarrenMountConfig {
     pub blob_dir: Option<PathBuf>,
+    /// An S3 bucket as the origin, instead of `blob_dir`.
+    pub s3: Option<S3Config>,
     pub fuse_threads: Option<usize>,
     pub prefetch_table: Option<bool>,
     pub prefetch_all: Option<bool>,
@@ -136,15 +139,26 @@ pub fn mount_request(
         Some(v) => Some(v),
     };
     let mut blob_dir = None;
+    let mut s3 = None;
     match config {
         None => {}
         Some(c) if c.get("device").is_some() || c.get("backend").is_some() => {
-            blob_dir = Some(nydusd_localfs_dir(&c)?);
+            s3 = S3Config::from_nydusd(&c)
+                .map_err(|e| ApiError::bad_request(format!("config: {e}")))?;
+            if s3.is_none() {
+                blob_dir = Some(nydusd_localfs_dir(&c)?);
+            }
         }
         Some(c) => {
             let w: WarrenMountConfig = serde_json::from_value(c)
                 .map_err(|e| ApiError::bad_request(format!("config: {e}")))?;
+            if w.blob_dir.is_some() && w.s3.is_some() {
+                return Err(ApiError::bad_request(
+                    "config: `blob_dir` and `s3` are two origins; give one",
+                ));
+            }
             blob_dir = w.blob_dir;
+            s3 = w.s3;
             if let Some(n) = w.fuse_threads {
                 if n == 0 {
                     return Err(ApiError::bad_request(
@@ -162,6 +176,7 @@ pub fn mount_request(
         bootstrap: body.source,
         mountpoint,
         blob_dir,
+        s3,
         options,
     })
 }
@@ -182,7 +197,7 @@ fn nydusd_localfs_dir(c: &serde_json::Value) -> Result<PathBuf, ApiError> {
     let kind = backend.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if kind != "localfs" {
         return Err(ApiError::bad_request(format!(
-            "config: backend type {kind:?} is not supported by this node yet (only \"localfs\")"
+            "config: backend type {kind:?} is not supported by this node yet (only \"localfs\" and \"s3\")"
         )));
     }
     let dir = backend
@@ -211,6 +226,7 @@ mod tests {
         let v2 = json!({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "/c"}}});
         assert_eq!(nydusd_localfs_dir(&v2).unwrap(), PathBuf::from("/c"));
         let reg = json!({"device": {"backend": {"type": "registry", "config": {}}}});
+        assert!(S3Config::from_nydusd(&reg).unwrap().is_none());
         let e = nydusd_localfs_dir(&reg).unwrap_err();
         assert!(e.message.contains("registry"), "{e}");
         let nodir = json!({"device": {"backend": {"type": "localfs", "config": {}}}});

@@ -14,6 +14,8 @@ pub use run::run;
 use crate::api::metrics::Metrics;
 use crate::api::server::ApiError;
 use crate::backend::localfs::LocalFs;
+use crate::backend::s3::{S3Backend, S3Config};
+use crate::backend::BlobBackend;
 use crate::cli::mount::is_mounted;
 use crate::fetch::cache::ChunkCache;
 use crate::fs::{open_image, ImageMount, MountError, MountOptions};
@@ -63,6 +65,8 @@ pub struct MountRequest {
     pub mountpoint: PathBuf,
     /// The origin directory; the node's default when `None`.
     pub blob_dir: Option<PathBuf>,
+    /// An S3 bucket as the origin instead of a directory (`blob_dir` is then unused).
+    pub s3: Option<S3Config>,
     pub options: MountOptions,
 }
 
@@ -71,7 +75,11 @@ pub struct MountRequest {
 pub struct MountInfo {
     pub mountpoint: PathBuf,
     pub bootstrap: PathBuf,
-    pub blob_dir: PathBuf,
+    /// The origin directory; absent for other origins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob_dir: Option<PathBuf>,
+    /// Where the blobs come from: the directory, or `s3://BUCKET/PREFIX`.
+    pub origin: String,
     pub fs_type: &'static str,
     /// Seconds since the Unix epoch.
     pub mounted_at: u64,
@@ -260,13 +268,24 @@ impl Node {
                 mountpoint.display()
             )));
         }
-        check_file("blob directory", &blob_dir, true)?;
         let bootstrap = std::fs::canonicalize(&bootstrap).unwrap_or(bootstrap);
-        let blob_dir = std::fs::canonicalize(&blob_dir).unwrap_or(blob_dir);
+        let (backend, blob_dir, origin): (Arc<dyn BlobBackend>, _, _) = match &req.s3 {
+            Some(s3) => {
+                let b = S3Backend::new(s3).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let origin = b.location();
+                (Arc::new(b), None, origin)
+            }
+            None => {
+                check_file("blob directory", &blob_dir, true)?;
+                let dir = std::fs::canonicalize(&blob_dir).unwrap_or(blob_dir);
+                let origin = dir.display().to_string();
+                (Arc::new(LocalFs::new(&dir)), Some(dir), origin)
+            }
+        };
 
         let chain = open_image(
             &bootstrap,
-            Arc::new(LocalFs::new(&blob_dir)),
+            backend,
             self.cache.clone(),
             self.settings.fetch.clone(),
             self.metrics.clone(),
@@ -278,6 +297,7 @@ impl Node {
             mountpoint: mountpoint.clone(),
             bootstrap,
             blob_dir,
+            origin,
             fs_type: "rafs",
             mounted_at: unix_now(),
             fuse_threads: req.options.fuse_threads,

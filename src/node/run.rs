@@ -78,6 +78,7 @@ async fn serve(
             bootstrap: m.bootstrap.clone(),
             mountpoint: m.mountpoint.clone(),
             blob_dir: m.blob_dir.clone(),
+            s3: None,
             options: node.mount_options(&m.prefetch_files),
         };
         let n = node.clone();

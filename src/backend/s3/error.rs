@@ -64,7 +64,10 @@ impl S3Error {
             S3Error::Status { status, code, .. } => {
                 *status >= 500
                     || *status == 429
-                    || matches!(code.as_deref(), Some("RequestTimeout" | "SlowDown" | "InternalError"))
+                    || matches!(
+                        code.as_deref(),
+                        Some("RequestTimeout" | "SlowDown" | "InternalError")
+                    )
             }
             S3Error::Transport { .. } | S3Error::ShortRead { .. } => true,
             _ => false,
@@ -167,7 +170,9 @@ mod tests {
             xml_text(body, "Code").as_deref(),
             Some("SignatureDoesNotMatch")
         );
-        assert!(xml_text(body, "Message").unwrap().starts_with("The request"));
+        assert!(xml_text(body, "Message")
+            .unwrap()
+            .starts_with("The request"));
         assert_eq!(xml_text(body, "UploadId"), None);
         assert_eq!(
             xml_text("<ETag>&quot;abc&quot;</ETag>", "ETag").as_deref(),

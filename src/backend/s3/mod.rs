@@ -17,8 +17,8 @@ pub use error::S3Error;
 
 use super::BlobBackend;
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
-    SigningSettings, UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -29,6 +29,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::subscriber::NoSubscriber;
 
 /// Characters S3 keeps as they are in a key's path: RFC 3986's unreserved set, and `/`.
 const KEY_CHARS: &AsciiSet = &NON_ALPHANUMERIC
@@ -252,9 +253,11 @@ impl S3Backend {
             body,
         )
         .map_err(|e| fail(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| fail(e.to_string()))?
-            .into_parts();
+        // aws-sigv4 traces its parameters, access key id included: run it with no
+        // subscriber so that no log level ever shows a credential.
+        let signed =
+            tracing::subscriber::with_default(NoSubscriber::default(), || sign(signable, &params));
+        let (instructions, _) = signed.map_err(|e| fail(e.to_string()))?.into_parts();
         headers.extend(
             instructions
                 .headers()
@@ -490,7 +493,12 @@ mod tests {
         let e = b
             .with_retries("GET", "s3://b/k", || -> Result<(), S3Error> {
                 calls += 1;
-                Err(error_from_body("GET", "s3://b/k", 503, "<Code>SlowDown</Code>"))
+                Err(error_from_body(
+                    "GET",
+                    "s3://b/k",
+                    503,
+                    "<Code>SlowDown</Code>",
+                ))
             })
             .unwrap_err();
         assert_eq!(calls, 3);
@@ -499,7 +507,12 @@ mod tests {
         let e = b
             .with_retries("GET", "s3://b/k", || -> Result<(), S3Error> {
                 calls += 1;
-                Err(error_from_body("GET", "s3://b/k", 403, "<Code>AccessDenied</Code>"))
+                Err(error_from_body(
+                    "GET",
+                    "s3://b/k",
+                    403,
+                    "<Code>AccessDenied</Code>",
+                ))
             })
             .unwrap_err();
         assert_eq!(calls, 1);

@@ -27,11 +27,35 @@ impl S3Backend {
                 payload: Payload::Empty,
             })?;
             match resp.status().as_u16() {
-                200 => Ok(Some(resp.content_length().unwrap_or(0))),
+                // The header, not `content_length()`: a HEAD answer has no body, so the
+                // client reports its (empty) body's length.
+                200 => resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .map(Some)
+                    .ok_or_else(|| S3Error::Protocol {
+                        op: "HEAD",
+                        target: target.clone(),
+                        detail: "no Content-Length".into(),
+                    }),
                 404 => Ok(None),
-                _ => Err(self.status_error("HEAD", &target, resp)),
+                _ => Err(self.explain_head(key, self.status_error("HEAD", &target, resp))),
             }
         })
+    }
+
+    /// A HEAD answer has no body, so a refused HEAD says only "403". A one-byte GET of the
+    /// same object gets S3's reason (`SignatureDoesNotMatch`, `InvalidAccessKeyId`...),
+    /// which is what a user needs to fix the keys. Only on this error path.
+    fn explain_head(&self, key: &str, head: S3Error) -> S3Error {
+        if !matches!(head.status(), Some(401 | 403)) {
+            return head;
+        }
+        match self.get_once(key, 0, 1) {
+            Err(e @ S3Error::Status { code: Some(_), .. }) => e,
+            _ => head,
+        }
     }
 
     /// Uploads the file at `path` as blob `blob_id`. Returns whether bytes were sent
@@ -212,8 +236,12 @@ impl S3Backend {
         });
         match result {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => tracing::warn!(target = %target, status = r.status().as_u16(), "aborting the multipart upload failed"),
-            Err(e) => tracing::warn!(target = %target, error = %e, "aborting the multipart upload failed"),
+            Ok(r) => {
+                tracing::warn!(target = %target, status = r.status().as_u16(), "aborting the multipart upload failed")
+            }
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "aborting the multipart upload failed")
+            }
         }
     }
 
