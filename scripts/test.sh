@@ -64,7 +64,13 @@ apt_deps() {
         zstd=zstd \
         hyperfine=hyperfine \
         time=/usr/bin/time \
-        prometheus=promtool
+        prometheus=promtool \
+        docker-registry=docker-registry \
+        skopeo=skopeo \
+        umoci=umoci \
+        apache2-utils=htpasswd \
+        openssl=openssl \
+        curl=curl
 }
 
 # moto_server is the S3 server (it checks SigV4) that tests/s3.rs starts; boto3 creates its

@@ -123,7 +123,11 @@ impl RegistryOrigin {
         let plain_http = match n.scheme.as_deref().unwrap_or("https") {
             "http" => true,
             "https" | "" => false,
-            other => return Err(format!("registry backend config: scheme {other:?} (http or https)")),
+            other => {
+                return Err(format!(
+                    "registry backend config: scheme {other:?} (http or https)"
+                ))
+            }
         };
         let mut options = RegistryOptions {
             plain_http,
@@ -133,7 +137,8 @@ impl RegistryOrigin {
         let env_auth = std::env::var(crate::oci::auth::ENV_NYDUS_AUTH).ok();
         if let Some(a) = env_auth.or(n.auth).filter(|a| !a.is_empty()) {
             options.credentials = Some(
-                Credentials::from_base64(&a).map_err(|e| format!("registry backend config: {e}"))?,
+                Credentials::from_base64(&a)
+                    .map_err(|e| format!("registry backend config: {e}"))?,
             );
         } else if let Some(t) = n.registry_token.filter(|t| !t.is_empty()) {
             options.credentials = Some(Credentials::new("<token>", t));
@@ -168,21 +173,37 @@ mod tests {
             "proxy": {"url": "http://p", "fallback": true}
         }))
         .unwrap();
-        assert_eq!((o.host.as_str(), o.repo.as_str()), ("127.0.0.1:5000", "a/b"));
+        assert_eq!(
+            (o.host.as_str(), o.repo.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
         assert!(o.options.plain_http);
-        assert_eq!(o.options.credentials, Some(Credentials::new("user", "pass")));
+        assert_eq!(
+            o.options.credentials,
+            Some(Credentials::new("user", "pass"))
+        );
         assert_eq!(o.options.timeout, Duration::from_secs(3));
         assert_eq!(o.options.retries, 1);
         assert!(!format!("{o:?}").contains("pass\""), "{o:?}");
         assert!(RegistryOrigin::from_nydusd(&json!({"host": "h"})).is_err());
-        assert!(RegistryOrigin::from_nydusd(&json!({"host": "h", "repo": "r", "scheme": "ftp"})).is_err());
-        assert!(!RegistryOrigin::from_nydusd(&json!({"host": "h", "repo": "r"})).unwrap().options.plain_http);
+        assert!(
+            RegistryOrigin::from_nydusd(&json!({"host": "h", "repo": "r", "scheme": "ftp"}))
+                .is_err()
+        );
+        assert!(
+            !RegistryOrigin::from_nydusd(&json!({"host": "h", "repo": "r"}))
+                .unwrap()
+                .options
+                .plain_http
+        );
     }
 
     #[test]
     fn blob_ids_must_be_digests() {
         assert!(digest_of(&"a".repeat(64)).is_ok());
-        assert!(digest_of(&format!("sha256:{}", "B".repeat(64))).unwrap().ends_with(&"b".repeat(64)));
+        assert!(digest_of(&format!("sha256:{}", "B".repeat(64)))
+            .unwrap()
+            .ends_with(&"b".repeat(64)));
         assert!(digest_of("../x").is_err());
     }
 }

@@ -164,9 +164,9 @@ impl Bars {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         match p {
             Progress::LayerStart { key, size } => {
-                let bar = self
-                    .multi
-                    .add(super::progress(self.quiet, size, &format!("layer {key}")));
+                let bar =
+                    self.multi
+                        .add(super::progress(self.quiet, size, &format!("layer {key}")));
                 bars.insert(key.to_string(), bar);
             }
             Progress::LayerBytes { key, bytes } => {

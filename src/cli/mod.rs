@@ -9,8 +9,8 @@ mod inspect;
 mod merge;
 pub mod mount;
 mod node;
-mod store;
 pub mod registry;
+mod store;
 
 use clap::{Parser, Subcommand};
 

@@ -13,10 +13,20 @@ use std::sync::Arc;
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// The image's bootstrap.
-    #[arg(long, short = 'B', required_unless_present = "image", conflicts_with = "image")]
+    #[arg(
+        long,
+        short = 'B',
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
     pub bootstrap: Option<PathBuf>,
     /// Directory holding the image's blobs (the origin).
-    #[arg(long, short = 'D', required_unless_present = "image", conflicts_with = "image")]
+    #[arg(
+        long,
+        short = 'D',
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
     pub blob_dir: Option<PathBuf>,
     /// A Nydus image in a registry (REGISTRY/REPO[:TAG|@DIGEST]): its bootstrap is fetched
     /// and its blobs are read from the registry by range, on demand.
@@ -126,7 +136,11 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let (bootstrap, origin, _pulled) = match (&args.image, &args.bootstrap, &args.blob_dir) {
         (Some(image), _, _) => {
-            let o = super::registry::open_image_origin(image, args.platform.as_deref(), &args.registry)?;
+            let o = super::registry::open_image_origin(
+                image,
+                args.platform.as_deref(),
+                &args.registry,
+            )?;
             (o.bootstrap.clone(), o.backend.clone(), Some(o))
         }
         (None, Some(b), Some(d)) => {
@@ -135,13 +149,7 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give --bootstrap and --blob-dir, or --image"),
     };
-    let chain = open_image(
-        &bootstrap,
-        origin,
-        cache,
-        fetch,
-        metrics,
-    )?;
+    let chain = open_image(&bootstrap, origin, cache, fetch, metrics)?;
     let opts = MountOptions {
         fuse_threads: args.fuse_threads,
         prefetch_files: match &args.prefetch_files {

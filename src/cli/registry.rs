@@ -66,7 +66,11 @@ impl RegistryArgs {
 }
 
 /// Adds `--plain-http` advice to errors from a loopback registry reached over HTTPS.
-pub fn hint(err: crate::oci::OciError, reference: &Reference, opts: &RegistryOptions) -> anyhow::Error {
+pub fn hint(
+    err: crate::oci::OciError,
+    reference: &Reference,
+    opts: &RegistryOptions,
+) -> anyhow::Error {
     let transport = matches!(err, crate::oci::OciError::Transport { .. });
     let e = anyhow::Error::new(err);
     if transport && !opts.plain_http && reference.is_loopback() {

@@ -52,7 +52,8 @@ impl Credentials {
             .decode(s.trim())
             .map_err(|_| "auth is not base64".to_string())?;
         let text = String::from_utf8(raw).map_err(|_| "auth is not UTF-8".to_string())?;
-        Credentials::parse_user_pass(&text).map_err(|_| "auth is not base64 of USER:PASSWORD".into())
+        Credentials::parse_user_pass(&text)
+            .map_err(|_| "auth is not base64 of USER:PASSWORD".into())
     }
 
     /// The value of an `Authorization: Basic` header.
@@ -102,8 +103,7 @@ fn docker_config_path() -> Option<PathBuf> {
 /// `docker login` writes them: `https://host`, `https://index.docker.io/v1/` for Docker
 /// Hub). Credential helpers are not run.
 pub fn from_docker_config(text: &str, registry: &str) -> Result<Option<Credentials>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
@@ -129,7 +129,11 @@ pub fn from_docker_config(text: &str, registry: &str) -> Result<Option<Credentia
     else {
         return Ok(None);
     };
-    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+    if let Some(a) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
         return Credentials::from_base64(a).map(Some);
     }
     let field = |n: &str| entry.get(n).and_then(|x| x.as_str()).unwrap_or("");
@@ -166,7 +170,11 @@ impl Challenge {
         let mut s = rest.trim_start();
         while !s.is_empty() {
             let Some(eq) = s.find('=') else { break };
-            let key = s[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+            let key = s[..eq]
+                .trim()
+                .trim_start_matches(',')
+                .trim()
+                .to_ascii_lowercase();
             s = s[eq + 1..].trim_start();
             let value;
             if let Some(q) = s.strip_prefix('"') {
@@ -268,8 +276,8 @@ impl TokenCache {
 /// The token server's answer: `token` (or `access_token`), `expires_in` seconds (60 when
 /// absent, as the distribution spec says).
 pub fn parse_token_response(body: &[u8]) -> Result<(String, Duration), String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| "the token server's answer is not JSON".to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| "the token server's answer is not JSON".to_string())?;
     let token = v
         .get("token")
         .or_else(|| v.get("access_token"))
@@ -302,7 +310,10 @@ mod tests {
         assert_eq!(b.scheme, "basic");
         assert_eq!(b.param("realm"), Some("Registry Realm"));
         let t = Challenge::parse("Bearer realm=x, service=y").unwrap();
-        assert_eq!((t.param("realm"), t.param("service")), (Some("x"), Some("y")));
+        assert_eq!(
+            (t.param("realm"), t.param("service")),
+            (Some("x"), Some("y"))
+        );
         let e = Challenge::parse(r#"Bearer realm="a\"b""#).unwrap();
         assert_eq!(e.param("realm"), Some("a\"b"));
     }
@@ -310,8 +321,10 @@ mod tests {
     #[test]
     fn docker_config_entries() {
         let auth = base64::engine::general_purpose::STANDARD.encode("u:p:w");
-        let cfg = format!(r#"{{"auths": {{"https://reg.example:5000/v1/": {{"auth": "{auth}"}},
-            "https://index.docker.io/v1/": {{"username": "hub", "password": "pw"}}}}}}"#);
+        let cfg = format!(
+            r#"{{"auths": {{"https://reg.example:5000/v1/": {{"auth": "{auth}"}},
+            "https://index.docker.io/v1/": {{"username": "hub", "password": "pw"}}}}}}"#
+        );
         assert_eq!(
             from_docker_config(&cfg, "reg.example:5000").unwrap(),
             Some(Credentials::new("u", "p:w"))
@@ -329,7 +342,12 @@ mod tests {
         let c = Credentials::new("user", "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
         let mut cache = TokenCache::default();
-        cache.put("s", "tok-secret".into(), Duration::from_secs(60), Instant::now());
+        cache.put(
+            "s",
+            "tok-secret".into(),
+            Duration::from_secs(60),
+            Instant::now(),
+        );
         assert!(!format!("{cache:?}").contains("tok-secret"));
     }
 

@@ -536,7 +536,8 @@ impl BlobStream<'_> {
         let url = format!("/v2/{}/blobs/{}", self.repo, self.digest);
         t.retrying(&op, |_| {
             let mut req = get(url.clone(), &scope);
-            req.headers.push(("range", format!("bytes={pos}-{}", size - 1)));
+            req.headers
+                .push(("range", format!("bytes={pos}-{}", size - 1)));
             let mut resp = check(t.send(&req, None)?, &op)?;
             if resp.status() == StatusCode::PARTIAL_CONTENT {
                 if content_range_start(&resp) != Some(pos) {

@@ -65,10 +65,20 @@ impl Default for ConvertOptions {
 #[derive(Clone, Debug)]
 pub enum Progress<'a> {
     /// A layer starts downloading and building (`key` names it in later events).
-    LayerStart { key: &'a str, size: u64 },
-    LayerBytes { key: &'a str, bytes: u64 },
-    LayerDone { key: &'a str },
-    Step { what: &'a str },
+    LayerStart {
+        key: &'a str,
+        size: u64,
+    },
+    LayerBytes {
+        key: &'a str,
+        bytes: u64,
+    },
+    LayerDone {
+        key: &'a str,
+    },
+    Step {
+        what: &'a str,
+    },
 }
 
 /// The `--json` summary.
@@ -157,7 +167,11 @@ pub fn convert(
     let (digest, media_type, images) = match Document::parse(&top)? {
         Document::Manifest(m) => {
             let img = ctx.one(&m, &top.digest, None, Some(&tag))?;
-            (img.pushed.digest.clone(), img.pushed.media_type.clone(), vec![img])
+            (
+                img.pushed.digest.clone(),
+                img.pushed.media_type.clone(),
+                vec![img],
+            )
         }
         Document::Index(index) => {
             let picked: Vec<&Descriptor> = match &opts.platforms {
@@ -165,7 +179,9 @@ pub fn convert(
                 Platforms::All => image_entries(&index),
             };
             if picked.is_empty() {
-                return Err(OciError::Unsupported(format!("{source}: the index lists no images")));
+                return Err(OciError::Unsupported(format!(
+                    "{source}: the index lists no images"
+                )));
             }
             let mut images = Vec::new();
             for d in &picked {
@@ -176,12 +192,21 @@ pub fn convert(
                     )));
                 };
                 let single = matches!(opts.platforms, Platforms::One(_));
-                let img = ctx.one(&m, &f.digest, d.platform().clone(), single.then_some(tag.as_str()))?;
+                let img = ctx.one(
+                    &m,
+                    &f.digest,
+                    d.platform().clone(),
+                    single.then_some(tag.as_str()),
+                )?;
                 images.push(img);
             }
             if matches!(opts.platforms, Platforms::One(_)) {
                 let img = &images[0];
-                (img.pushed.digest.clone(), img.pushed.media_type.clone(), images)
+                (
+                    img.pushed.digest.clone(),
+                    img.pushed.media_type.clone(),
+                    images,
+                )
             } else {
                 let (digest, mt) = super::convert_push::push_index(dst, target, &tag, &images)?;
                 (digest, mt, images)
@@ -245,8 +270,9 @@ impl Ctx<'_> {
             m.config().digest().as_ref(),
             16 << 20,
         )?;
-        let mut config: serde_json::Value = serde_json::from_slice(&config)
-            .map_err(|e| OciError::invalid(format!("config {}", m.config().digest()), e.to_string()))?;
+        let mut config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| {
+            OciError::invalid(format!("config {}", m.config().digest()), e.to_string())
+        })?;
         let blob_dir = self.work.join(short(digest));
         let layers = self.build_layers(m.layers(), &blob_dir)?;
         (self.progress)(Progress::Step {
@@ -268,9 +294,7 @@ impl Ctx<'_> {
             self.progress,
         )?;
         let report = ImageReport {
-            platform: platform
-                .as_ref()
-                .map(|p| PlatformSpec::of(p).to_string()),
+            platform: platform.as_ref().map(|p| PlatformSpec::of(p).to_string()),
             source_manifest: digest.to_string(),
             manifest: pushed.digest.clone(),
             config: pushed.config.clone(),
@@ -333,12 +357,19 @@ impl Ctx<'_> {
             key: &key,
             size: d.size(),
         });
-        let stream = self.src.blob_stream(&self.source.repository, &digest, d.size());
+        let stream = self
+            .src
+            .blob_stream(&self.source.repository, &digest, d.size());
         let mut reader = Hashing {
             inner: stream,
             hasher: sha2::Sha256::new(),
             bytes: 0,
-            on_bytes: &|n| (self.progress)(Progress::LayerBytes { key: &key, bytes: n }),
+            on_bytes: &|n| {
+                (self.progress)(Progress::LayerBytes {
+                    key: &key,
+                    bytes: n,
+                })
+            },
         };
         let opts = BuildOptions {
             chunk_size: self.opts.chunk_size,

@@ -67,7 +67,8 @@ pub(crate) fn push_image(
     progress(Progress::Step {
         what: "pushing the bootstrap, config and manifest",
     });
-    let (layer, diff_id) = bootstrap_layer_tar(bootstrap).map_err(|e| OciError::io("bootstrap layer", e))?;
+    let (layer, diff_id) =
+        bootstrap_layer_tar(bootstrap).map_err(|e| OciError::io("bootstrap layer", e))?;
     let boot = LayerRef {
         digest: sha256_digest(&layer),
         size: layer.len() as u64,
@@ -102,20 +103,24 @@ pub(crate) fn push_image(
     )?);
 
     set_diff_ids(config, diff_ids)?;
-    let config_bytes = serde_json::to_vec(config)
-        .map_err(|e| OciError::invalid("config", e.to_string()))?;
+    let config_bytes =
+        serde_json::to_vec(config).map_err(|e| OciError::invalid("config", e.to_string()))?;
     let config_digest = sha256_digest(&config_bytes);
     dst.upload_bytes(repo, &config_digest, &config_bytes)?;
 
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(OCI_CONFIG, &config_digest, config_bytes.len() as u64, &[])?)
+        .config(descriptor(
+            OCI_CONFIG,
+            &config_digest,
+            config_bytes.len() as u64,
+            &[],
+        )?)
         .layers(layers)
         .build()
         .map_err(|e| OciError::invalid("manifest", e.to_string()))?;
-    let bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| OciError::invalid("manifest", e.to_string()))?;
+    let bytes = canonical_json(&manifest).map_err(|e| OciError::invalid("manifest", e))?;
     let digest = sha256_digest(&bytes);
     dst.put_manifest(repo, tag.unwrap_or(&digest), OCI_MANIFEST, &bytes)?;
     Ok(PushedImage {
@@ -138,7 +143,11 @@ fn upload_blobs(uploader: &dyn BlobUpload, ids: &[&str], dir: &Path) -> Result<(
                 let Some(id) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else {
                     break;
                 };
-                if first_err.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                if first_err
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+                {
                     break;
                 }
                 let path = dir.join(id);
@@ -184,6 +193,28 @@ fn descriptor(
     }
     b.build()
         .map_err(|e| OciError::invalid("descriptor", e.to_string()))
+}
+
+/// JSON with every object's keys in order: oci-spec keeps annotations in a `HashMap`,
+/// whose order changes from run to run, and the same image must give the same digest.
+fn canonical_json(v: &impl serde::Serialize) -> Result<Vec<u8>, String> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    let v = serde_json::to_value(v).map_err(|e| e.to_string())?;
+    serde_json::to_vec(&sorted(v)).map_err(|e| e.to_string())
 }
 
 /// Replaces `rootfs.diff_ids` (the uncompressed digests of the layers, in order).
@@ -250,8 +281,7 @@ pub(crate) fn push_index(
         .manifests(manifests)
         .build()
         .map_err(|e| OciError::invalid("index", e.to_string()))?;
-    let bytes =
-        serde_json::to_vec(&index).map_err(|e| OciError::invalid("index", e.to_string()))?;
+    let bytes = canonical_json(&index).map_err(|e| OciError::invalid("index", e))?;
     let digest = dst.put_manifest(&target.repository, tag, OCI_INDEX, &bytes)?;
     Ok((digest, OCI_INDEX.into()))
 }
@@ -273,7 +303,10 @@ mod tests {
     fn diff_ids_are_replaced() {
         let mut c = serde_json::json!({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": ["sha256:x"]}});
         set_diff_ids(&mut c, vec!["sha256:a".into(), "sha256:b".into()]).unwrap();
-        assert_eq!(c["rootfs"]["diff_ids"], serde_json::json!(["sha256:a", "sha256:b"]));
+        assert_eq!(
+            c["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:a", "sha256:b"])
+        );
         assert_eq!(c["architecture"], "amd64");
     }
 }

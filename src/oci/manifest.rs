@@ -153,7 +153,11 @@ pub fn select_platform<'a>(
         .ok_or_else(|| {
             let have: Vec<String> = images
                 .iter()
-                .filter_map(|d| d.platform().as_ref().map(|p| PlatformSpec::of(p).to_string()))
+                .filter_map(|d| {
+                    d.platform()
+                        .as_ref()
+                        .map(|p| PlatformSpec::of(p).to_string())
+                })
                 .collect();
             OciError::Unsupported(format!(
                 "the index has no image for {want} (it has: {})",

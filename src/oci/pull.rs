@@ -3,7 +3,9 @@
 //! out of its tar. Data blobs stay in the registry; the mount reads them by range.
 
 use super::client::{short, Client};
-use super::manifest::{bootstrap_layer, is_nydus, select_platform, Document, PlatformSpec, BOOTSTRAP_PATH};
+use super::manifest::{
+    bootstrap_layer, is_nydus, select_platform, Document, PlatformSpec, BOOTSTRAP_PATH,
+};
 use super::{OciError, Reference};
 use oci_spec::image::ImageManifest;
 use std::io::Read;
@@ -63,17 +65,23 @@ pub fn pull_bootstrap(
         )));
     }
     let layer = bootstrap_layer(&manifest).ok_or_else(|| {
-        OciError::Unsupported(format!("{reference}: the Nydus image has no bootstrap layer"))
+        OciError::Unsupported(format!(
+            "{reference}: the Nydus image has no bootstrap layer"
+        ))
     })?;
     let layer_digest = layer.digest().to_string();
     let bytes = client.get_blob(&reference.repository, &layer_digest, MAX_BOOTSTRAP_LAYER)?;
     let boot = extract_bootstrap(&bytes)
         .map_err(|d| OciError::invalid(format!("bootstrap layer {layer_digest}"), d))?;
     std::fs::create_dir_all(dir).map_err(|e| OciError::io(dir, e))?;
-    let path = dir.join(format!("{}.boot", layer_digest.trim_start_matches("sha256:")));
+    let path = dir.join(format!(
+        "{}.boot",
+        layer_digest.trim_start_matches("sha256:")
+    ));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| OciError::io(dir, e))?;
     std::fs::write(tmp.path(), &boot).map_err(|e| OciError::io(tmp.path(), e))?;
-    tmp.persist(&path).map_err(|e| OciError::io(&path, e.error))?;
+    tmp.persist(&path)
+        .map_err(|e| OciError::io(&path, e.error))?;
     let blob_ids = manifest
         .layers()
         .iter()

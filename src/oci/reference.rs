@@ -177,7 +177,10 @@ fn is_alnum(b: u8) -> bool {
 pub fn check_digest(d: &str) -> Result<(), String> {
     match d.split_once(':') {
         Some(("sha256", hex))
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
         {
             Ok(())
         }

@@ -243,7 +243,21 @@ impl Transport {
             let resp = rb.send().map_err(|e| Failure::Transient(describe(&e)))?;
             let status = resp.status();
             tracing::debug!(method = %method, host = %url.host_str().unwrap_or(""), path = url.path(), status = status.as_u16(), ms = t.elapsed().as_millis() as u64, "registry request");
-            if status == StatusCode::UNAUTHORIZED && same_host && authed < 1 {
+            if status == StatusCode::UNAUTHORIZED && same_host && authed >= 1 {
+                let detail = match self.lock().scheme {
+                    Scheme::Basic => "the registry refused the user name and password".to_string(),
+                    Scheme::Bearer { .. } => format!(
+                        "the registry refused the token its token server gave for {:?}",
+                        req.scope
+                    ),
+                    Scheme::Unknown => "401 Unauthorized".to_string(),
+                };
+                return Err(Failure::Fatal(OciError::Auth {
+                    op: format!("{method} {}", redact(&url)),
+                    detail,
+                }));
+            }
+            if status == StatusCode::UNAUTHORIZED && same_host {
                 authed += 1;
                 let challenge = resp
                     .headers()
@@ -304,7 +318,11 @@ impl Transport {
 
     /// The `Authorization` value for a request with `scope`, fetching a token if the
     /// registry wants one and none is cached.
-    fn auth_header(&self, scope: &str, budget: Option<Duration>) -> Result<Option<String>, Failure> {
+    fn auth_header(
+        &self,
+        scope: &str,
+        budget: Option<Duration>,
+    ) -> Result<Option<String>, Failure> {
         let scheme = self.lock().scheme.clone();
         match scheme {
             Scheme::Unknown => Ok(None),
@@ -507,7 +525,9 @@ pub(crate) fn error_detail(body: &[u8]) -> String {
         .map(|e| {
             let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
             let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
-            format!("{code}: {msg}").trim_matches([' ', ':']).to_string()
+            format!("{code}: {msg}")
+                .trim_matches([' ', ':'])
+                .to_string()
         })
         .unwrap_or_default()
 }
@@ -529,7 +549,14 @@ pub(crate) fn check(resp: Response, op: &str) -> Result<Response, Failure> {
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Err(Failure::Fatal(OciError::Auth {
             op: op.to_string(),
-            detail: format!("{status}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") }),
+            detail: format!(
+                "{status}{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            ),
         }));
     }
     Err(Failure::Fatal(OciError::Status {

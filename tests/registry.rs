@@ -1,0 +1,407 @@
+//! warren against the Debian `docker-registry` (distribution 2.8), open, with htpasswd
+//! and with token auth: a real root file system pushed as an OCI image (umoci + skopeo),
+//! `warren convert` into a Nydus image in the same registry, `warren mount --image` lazily
+//! from it, every file compared with the source tree. Credentials must never show in
+//! logs (RUST_LOG=trace), errors or metrics.
+
+mod registry_support;
+use registry_support::token::TokenServer;
+use registry_support::*;
+use std::path::Path;
+use std::time::Duration;
+use warren::oci::manifest::*;
+use warren::oci::{Client, RegistryOptions};
+
+fn plain_client(addr: &str, creds: Option<(&str, &str)>) -> Client {
+    Client::new(
+        addr,
+        RegistryOptions {
+            plain_http: true,
+            credentials: creds.map(|(u, p)| warren::oci::auth::Credentials::new(u, p)),
+            ..RegistryOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The converted manifest has Nydus's media types and annotations, a config whose
+/// diff_ids match the layers, and a bootstrap layer holding image/image.boot.
+fn check_nydus_manifest(client: &Client, repo: &str, tag: &str) -> (String, u64) {
+    let f = client.get_manifest(repo, tag).unwrap();
+    assert_eq!(f.media_type, OCI_MANIFEST);
+    let Document::Manifest(m) = Document::parse(&f).unwrap() else {
+        panic!("not a manifest")
+    };
+    let layers = m.layers();
+    assert!(layers.len() >= 2, "{layers:?}");
+    let (boot, blobs) = layers.split_last().unwrap();
+    for b in blobs {
+        assert_eq!(b.media_type().to_string(), NYDUS_BLOB);
+        assert_eq!(
+            b.annotations()
+                .as_ref()
+                .unwrap()
+                .get(ANNOTATION_NYDUS_BLOB)
+                .map(String::as_str),
+            Some("true")
+        );
+    }
+    let ann = boot.annotations().as_ref().unwrap();
+    assert_eq!(
+        ann.get(ANNOTATION_NYDUS_BOOTSTRAP).map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(boot.media_type().to_string(), OCI_LAYER_TAR_GZIP);
+    let config = client
+        .get_blob(repo, m.config().digest().as_ref(), 1 << 20)
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.len(), layers.len());
+    for (d, b) in diff_ids.iter().zip(blobs) {
+        assert_eq!(
+            d.as_str().unwrap(),
+            b.digest().as_ref(),
+            "a nydus blob is its own diff_id"
+        );
+    }
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["/bin/sh"]),
+        "config carried over"
+    );
+    let layer = client
+        .get_blob(repo, boot.digest().as_ref(), 1 << 30)
+        .unwrap();
+    let bootstrap = warren::oci::pull::extract_bootstrap(&layer).unwrap();
+    warren::rafs::reader::parse(&bootstrap).expect("the bootstrap parses");
+    (blobs[0].digest().to_string(), blobs[0].size())
+}
+
+/// The largest regular files of the tree, as paths relative to it.
+fn largest_files(root: &Path, n: usize) -> Vec<String> {
+    let out = run(std::process::Command::new("find")
+        .arg(root)
+        .args(["-type", "f", "-printf", "%s %P\n"]));
+    let mut files: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (s, p) = l.split_once(' ')?;
+            Some((s.parse().ok()?, p.to_string()))
+        })
+        .collect();
+    files.sort_by(|a, b| b.cmp(a));
+    files.into_iter().take(n).map(|(_, p)| p).collect()
+}
+
+#[test]
+fn open_registry_convert_then_lazy_mount_matches_the_source_tree() {
+    let reg = Registry::start(Auth::Open);
+    let layout = debian_layout();
+    let src = format!("{}/debian:minbase", reg.addr);
+    let dst = format!("{}/debian:nydus", reg.addr);
+    push_layout(&layout, "minbase", &src, None);
+    let report = convert(&src, &dst, &[], &[]);
+    let img = &report["images"][0];
+    assert_eq!(img["layers"].as_array().unwrap().len(), 1);
+    assert!(
+        img["layers"][0]["entries"].as_u64().unwrap() > 5000,
+        "{report}"
+    );
+    let client = plain_client(&reg.addr, None);
+    let (blob, blob_size) = check_nydus_manifest(&client, "debian", "nydus");
+    assert_eq!(
+        report["digest"],
+        client.get_manifest("debian", "nydus").unwrap().digest
+    );
+
+    // Lazy: mounting reads the bootstrap layer, not the data blob.
+    let m = ImageMount::start(&dst, &[], &[]);
+    assert!(
+        reg.blob_gets(&blob).is_empty(),
+        "the data blob was read at mount"
+    );
+    // A partial read: ranged GETs, a small part of the blob.
+    let root = rootfs();
+    let file = "usr/bin/bash";
+    assert_eq!(
+        sha256_file(&m.path(file)).unwrap(),
+        sha256_file(&root.join(file)).unwrap()
+    );
+    let gets = reg.blob_gets(&blob);
+    assert!(!gets.is_empty(), "no blob GET in the access log");
+    assert!(gets.iter().all(|(s, _)| *s == 206), "{gets:?}");
+    let read: u64 = gets.iter().map(|(_, b)| b).sum();
+    assert!(
+        read * 10 < blob_size,
+        "reading one file fetched {read} of the blob's {blob_size} bytes"
+    );
+
+    // The whole tree, then a program run from it.
+    assert_same_tree(&root, &m.mountpoint);
+    assert!(reg.blob_gets(&blob).iter().all(|(s, _)| *s == 206));
+    let out = run(std::process::Command::new("chroot")
+        .arg(&m.mountpoint)
+        .args(["/bin/sh", "-c", "echo ran-from-registry"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ran-from-registry"));
+    drop(m);
+
+    // Conversion is reproducible: the same source gives the same manifest.
+    let again = convert(&src, &format!("{}/debian:again", reg.addr), &[], &[]);
+    assert_eq!(again["digest"], report["digest"]);
+    // A Nydus image does not convert again.
+    let out = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--source",
+            &dst,
+            "--target",
+            &format!("{}/x:y", reg.addr),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Nydus image already"));
+}
+
+/// No output may hold the password, its base64 form, or any token.
+fn assert_no_secrets(what: &str, text: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(
+            !text.contains(s.as_str()),
+            "{what} shows a secret ({} bytes of output)",
+            text.len()
+        );
+    }
+}
+
+fn secrets() -> Vec<String> {
+    use base64::Engine;
+    vec![
+        PASSWORD.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")),
+    ]
+}
+
+#[test]
+fn htpasswd_registry_takes_credentials_and_never_shows_them() {
+    let reg = Registry::start(Auth::Htpasswd);
+    let layout = debian_layout();
+    let src = format!("{}/debian:minbase", reg.addr);
+    let dst = format!("{}/debian:nydus", reg.addr);
+    push_layout(&layout, "minbase", &src, Some((USER, PASSWORD)));
+    let creds = format!("{USER}:{PASSWORD}");
+    let trace = [("RUST_LOG", "trace")];
+
+    // No credentials, wrong ones: clear errors that do not echo them.
+    let out = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("user name and password"), "{err}");
+    let out = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--creds",
+            &format!("{USER}:wrong-{PASSWORD}"),
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &trace,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused"),
+        "{}",
+        err.lines().last().unwrap_or("")
+    );
+    assert_no_secrets("a failed convert", &err, &secrets());
+
+    // --creds, traced.
+    let out = warren_ok(
+        &[
+            "convert",
+            "--plain-http",
+            "--json",
+            "--creds",
+            &creds,
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &trace,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TRACE"), "RUST_LOG=trace gave no trace output");
+    assert_no_secrets(
+        "convert --json stdout",
+        &String::from_utf8_lossy(&out.stdout),
+        &secrets(),
+    );
+    assert_no_secrets("convert stderr", &err, &secrets());
+    check_nydus_manifest(
+        &plain_client(&reg.addr, Some((USER, PASSWORD))),
+        "debian",
+        "nydus",
+    );
+
+    // Credentials from the environment; metrics and logs checked too.
+    let port = free_port().to_string();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let m = ImageMount::start(
+        &dst,
+        &["--metrics-addr", &metrics_addr],
+        &[
+            ("RUST_LOG", "trace"),
+            ("WARREN_REGISTRY_USERNAME", USER),
+            ("WARREN_REGISTRY_PASSWORD", PASSWORD),
+        ],
+    );
+    let root = rootfs();
+    for f in largest_files(&root, 5) {
+        assert_eq!(
+            sha256_file(&m.path(&f)).unwrap(),
+            sha256_file(&root.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    let metrics =
+        run(std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{metrics_addr}/metrics")]));
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(
+        metrics.contains("warren_origin_requests_total"),
+        "{metrics}"
+    );
+    assert_no_secrets("metrics", &metrics, &secrets());
+    let err = m.stop();
+    assert!(err.contains("TRACE"));
+    assert_no_secrets("mount stderr", &err, &secrets());
+
+    // Credentials from docker's config file.
+    let docker = tempfile::tempdir().unwrap();
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(&creds);
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let m = ImageMount::start(
+        &dst,
+        &[],
+        &[("DOCKER_CONFIG", docker.path().to_str().unwrap())],
+    );
+    assert_eq!(
+        sha256_file(&m.path("usr/bin/bash")).unwrap(),
+        sha256_file(&root.join("usr/bin/bash")).unwrap()
+    );
+}
+
+#[test]
+fn token_auth_registry_refreshes_expiring_tokens_and_never_shows_them() {
+    // Tokens announce 2 s of life: the client renews them while it reads.
+    let tokens = TokenServer::start(USER, PASSWORD, 2);
+    let reg = Registry::start(Auth::Token(tokens.config.clone()));
+    let layout = debian_layout();
+    let src = format!("{}/debian:minbase", reg.addr);
+    let dst = format!("{}/debian:nydus", reg.addr);
+    push_layout(&layout, "minbase", &src, Some((USER, PASSWORD)));
+    let creds = format!("{USER}:{PASSWORD}");
+
+    let out = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--creds",
+            &format!("{USER}:nope"),
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token server") && err.contains("401"), "{err}");
+
+    let before = tokens.issued.lock().unwrap().len();
+    let out = warren_ok(
+        &[
+            "convert",
+            "--plain-http",
+            "--json",
+            "--creds",
+            &creds,
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["source_registry"]["token_fetches"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let issued = tokens.issued.lock().unwrap().clone();
+    assert!(issued.len() > before);
+    let mut all = secrets();
+    all.extend(issued);
+    assert_no_secrets(
+        "convert stderr",
+        &String::from_utf8_lossy(&out.stderr),
+        &all,
+    );
+    check_nydus_manifest(
+        &plain_client(&reg.addr, Some((USER, PASSWORD))),
+        "debian",
+        "nydus",
+    );
+
+    let m = ImageMount::start(&dst, &["--creds", &creds], &[("RUST_LOG", "trace")]);
+    let root = rootfs();
+    let files = largest_files(&root, 6);
+    let (first, rest) = files.split_at(3);
+    for f in first {
+        assert_eq!(
+            sha256_file(&m.path(f)).unwrap(),
+            sha256_file(&root.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let requests = tokens.requests.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(2500));
+    for f in rest {
+        assert_eq!(
+            sha256_file(&m.path(f)).unwrap(),
+            sha256_file(&root.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(
+        tokens.requests.load(std::sync::atomic::Ordering::Relaxed) > requests,
+        "no token was fetched again after the old one expired"
+    );
+    let err = m.stop();
+    let mut all = secrets();
+    all.extend(tokens.issued.lock().unwrap().clone());
+    assert_no_secrets("mount stderr", &err, &all);
+}
