@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warren::rafs::reader::{parse, parse_dir_blocks};
+use warren::rafs::dirent::parse_dir_blocks;
+use warren::rafs::reader::parse;
 use warren::rafs::writer::write_bootstrap;
 
 fuzz_target!(|data: &[u8]| {

@@ -564,40 +564,6 @@ impl ChunkRecord {
     }
 }
 
-/// EROFS xattr name prefixes by index.
-pub const XATTR_PREFIXES: &[(u8, &[u8])] = &[
-    (1, b"user."),
-    (2, b"system.posix_acl_access"),
-    (3, b"system.posix_acl_default"),
-    (4, b"trusted."),
-    (6, b"security."),
-];
-
-/// Splits a full xattr name into (prefix index, suffix); index 0 keeps the whole name.
-pub fn xattr_split(name: &[u8]) -> (u8, &[u8]) {
-    // Longest prefix first so the ACL names are not taken for plain prefixes.
-    let mut best: Option<(u8, &[u8])> = None;
-    for (idx, prefix) in XATTR_PREFIXES {
-        if name.starts_with(prefix) && best.is_none_or(|(_, p)| prefix.len() > p.len()) {
-            best = Some((*idx, prefix));
-        }
-    }
-    match best {
-        Some((idx, prefix)) => (idx, &name[prefix.len()..]),
-        None => (0, name),
-    }
-}
-
-pub fn xattr_prefix(index: u8) -> Option<&'static [u8]> {
-    if index == 0 {
-        return Some(b"");
-    }
-    XATTR_PREFIXES
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map(|(_, p)| *p)
-}
-
 pub fn align_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }

@@ -7,6 +7,7 @@
 pub mod blobfile;
 pub mod blobmeta;
 pub mod codec;
+pub mod dirent;
 pub mod error;
 pub mod export;
 pub mod image;
@@ -15,6 +16,7 @@ pub mod reader;
 pub mod repair;
 pub mod verify;
 pub mod writer;
+pub mod xattr;
 
 pub use codec::{Compressor, Digester};
 pub use error::RafsError;

@@ -3,9 +3,11 @@
 //! the inode or table at fault, never a panic or an endless walk.
 
 use super::codec::{Compressor, Digester};
+use super::dirent::parse_dir_blocks;
 use super::error::{RafsError, Result};
 use super::image::*;
 use super::layout::*;
+use super::xattr::read_xattrs;
 use std::collections::HashMap;
 
 /// A parsed bootstrap: the image plus the raw tables `inspect` and `check` report on.
@@ -529,87 +531,4 @@ impl TreeWalker<'_> {
         }
         Ok(out)
     }
-}
-
-/// Splits directory data into (name, nid, file type) entries, block by block.
-pub fn parse_dir_blocks(data: &[u8]) -> std::result::Result<Vec<(Vec<u8>, u64, u8)>, String> {
-    let mut out = Vec::new();
-    for (b, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
-        if block.len() < DIRENT_SIZE as usize {
-            return Err(format!("directory block {b} of {} bytes", block.len()));
-        }
-        let r = Le::at(block, 0, block.len() as u64).map_err(|e| e.to_string())?;
-        let first = r.u16(8) as usize;
-        if first % DIRENT_SIZE as usize != 0 || first == 0 || first > block.len() {
-            return Err(format!("directory block {b}: first name offset {first}"));
-        }
-        let n = first / DIRENT_SIZE as usize;
-        for k in 0..n {
-            let nid = r.u64(k * 12);
-            let start = r.u16(k * 12 + 8) as usize;
-            let ftype = r.u8(k * 12 + 10);
-            let end = if k + 1 < n {
-                r.u16((k + 1) * 12 + 8) as usize
-            } else {
-                block.len()
-            };
-            if start < first || end < start || end > block.len() {
-                return Err(format!(
-                    "directory block {b}: entry {k} name at {start}..{end}"
-                ));
-            }
-            let mut name = &block[start..end];
-            if k + 1 == n {
-                let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-                name = &name[..len];
-            }
-            if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
-                return Err(format!(
-                    "directory block {b}: bad name {:?}",
-                    String::from_utf8_lossy(name)
-                ));
-            }
-            out.push((name.to_vec(), nid, ftype));
-        }
-    }
-    Ok(out)
-}
-
-fn read_xattrs(data: &[u8], off: u64, icount: u16) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let size = xattr_ibody_size(icount);
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    let r = Le::at(data, off, size)?;
-    if size < 12 {
-        return Err(RafsError::corrupt("xattrs", "area shorter than its header"));
-    }
-    if r.u8(4) != 0 {
-        return Err(RafsError::unsupported("xattrs", "shared xattrs"));
-    }
-    let mut out = Vec::new();
-    let mut pos = 12usize;
-    while pos + 4 <= size as usize {
-        let name_len = r.u8(pos) as usize;
-        let index = r.u8(pos + 1);
-        let value_len = r.u16(pos + 2) as usize;
-        if name_len == 0 && index == 0 && value_len == 0 {
-            break; // zero padding after the last entry
-        }
-        let end = pos + 4 + name_len + value_len;
-        if end > size as usize {
-            return Err(RafsError::corrupt(
-                "xattrs",
-                format!("entry at {pos} runs past the area"),
-            ));
-        }
-        let prefix = xattr_prefix(index)
-            .ok_or_else(|| RafsError::corrupt("xattrs", format!("name index {index}")))?;
-        let mut name = prefix.to_vec();
-        name.extend_from_slice(r.bytes(pos + 4, name_len));
-        out.push((name, r.bytes(pos + 4 + name_len, value_len).to_vec()));
-        pos = align_up(end as u64, 4) as usize;
-    }
-    out.sort();
-    Ok(out)
 }

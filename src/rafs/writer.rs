@@ -7,9 +7,11 @@
 //! too large to inline, and last the 80-byte chunk table. Only the image decides the
 //! bytes: no clock, no host state.
 
+use super::dirent::{dir_data, fill_nids};
 use super::error::{RafsError, Result};
 use super::image::*;
 use super::layout::*;
+use super::xattr::{xattr_body, xattr_icount};
 
 /// Blocks each device's mapped address is aligned to in the flat "bootstrap + blobs"
 /// space, as nydus-image lays it out.
@@ -204,7 +206,7 @@ pub fn write_bootstrap(image: &Image) -> Result<Vec<u8>> {
             Payload::Flat { blocks, tail, .. } => {
                 let fill = |bytes: &[u8]| {
                     if ino.is_dir() {
-                        fill_nids(bytes, &slot)
+                        fill_nids(bytes, &|id| slot(id).nid)
                     } else {
                         bytes.to_vec()
                     }
@@ -292,78 +294,6 @@ fn split_tail(mut data: Vec<u8>, head: u64) -> (Vec<u8>, Vec<u8>) {
     (data, tail)
 }
 
-/// Sorted entries (with `.` and `..`) packed into blocks of 12-byte dirents plus names.
-/// Nids are written as the child's inode id for now; [`fill_nids`] swaps them for nids.
-fn dir_data(image: &Image, id: InodeId, children: &[DirEntry], parent: InodeId) -> Result<Vec<u8>> {
-    let mut entries: Vec<(&[u8], InodeId)> = Vec::with_capacity(children.len() + 2);
-    entries.push((b".", id));
-    entries.push((b"..", parent));
-    for c in children {
-        entries.push((&c.name, c.inode));
-    }
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < entries.len() {
-        let mut n = 0;
-        let mut used = 0;
-        while i + n < entries.len()
-            && used + DIRENT_SIZE as usize + entries[i + n].0.len() <= BLOCK_SIZE as usize
-        {
-            used += DIRENT_SIZE as usize + entries[i + n].0.len();
-            n += 1;
-        }
-        let block = &entries[i..i + n];
-        let mut nameoff = n * DIRENT_SIZE as usize;
-        let start = out.len();
-        for (name, child) in block {
-            out.extend_from_slice(&(*child as u64).to_le_bytes());
-            out.extend_from_slice(&(nameoff as u16).to_le_bytes());
-            out.push(erofs_file_type(image.inodes[*child].file_type()));
-            out.push(0);
-            nameoff += name.len();
-        }
-        for (name, _) in block {
-            out.extend_from_slice(name);
-        }
-        i += n;
-        if i < entries.len() {
-            out.resize(start + BLOCK_SIZE as usize, 0);
-        }
-    }
-    Ok(out)
-}
-
-/// Rewrites the placeholder ids in directory blocks with the placed nids.
-fn fill_nids(bytes: &[u8], slot: &dyn Fn(InodeId) -> Slot) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    for block in out.chunks_mut(BLOCK_SIZE as usize) {
-        if block.len() < DIRENT_SIZE as usize {
-            continue;
-        }
-        let n = u16::from_le_bytes([block[8], block[9]]) as usize / DIRENT_SIZE as usize;
-        for k in 0..n {
-            let o = k * DIRENT_SIZE as usize;
-            let id = u64::from_le_bytes(block[o..o + 8].try_into().unwrap()) as InodeId;
-            block[o..o + 8].copy_from_slice(&slot(id).nid.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn erofs_file_type(t: u32) -> u8 {
-    match t {
-        S_IFREG => 1,
-        S_IFDIR => 2,
-        S_IFCHR => 3,
-        S_IFBLK => 4,
-        S_IFIFO => 5,
-        S_IFSOCK => 6,
-        S_IFLNK => 7,
-        _ => 0,
-    }
-}
-
 /// Chunk indexes of a file, one per image chunk. When the chunks are consecutive in one
 /// blob, both in the chunk table and uncompressed, the inode's chunk size is widened to
 /// cover the file, so the kernel maps it as one extent (as nydus-image does).
@@ -417,44 +347,6 @@ fn file_indexes(image: &Image, size: u64, chunks: &[ChunkRef]) -> Result<Payload
         chunk_bits: cs.trailing_zeros() - BLOCK_BITS as u32,
         indexes,
     })
-}
-
-/// Inline xattr area: 12-byte header, then 4-byte-aligned entries.
-fn xattr_body(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>> {
-    if xattrs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut out = vec![0u8; 12];
-    for (name, value) in xattrs {
-        let (index, suffix) = xattr_split(name);
-        if suffix.len() > 255 || value.len() > u16::MAX as usize {
-            return Err(RafsError::unsupported(
-                "xattr",
-                format!("{} too long", String::from_utf8_lossy(name)),
-            ));
-        }
-        out.push(suffix.len() as u8);
-        out.push(index);
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        out.extend_from_slice(suffix);
-        out.extend_from_slice(value);
-        out.resize(align_up(out.len() as u64, 4) as usize, 0);
-    }
-    if out.len() > 2048 {
-        return Err(RafsError::unsupported(
-            "xattrs",
-            "more than 2 KiB of inline xattrs on one inode",
-        ));
-    }
-    Ok(out)
-}
-
-fn xattr_icount(body: &[u8]) -> u16 {
-    if body.is_empty() {
-        0
-    } else {
-        ((body.len() - 12) / 4 + 1) as u16
-    }
 }
 
 fn ext_super(
