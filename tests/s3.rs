@@ -365,3 +365,34 @@ fn node_mounts_with_a_nydusd_s3_backend_config() {
     assert!(e.message.contains("bucket"), "{}", e.message);
     logs.assert_free_of(&[&moto.secret, &moto.key_id]);
 }
+
+#[test]
+fn https_with_a_private_ca() {
+    let logs = capture_logs();
+    let moto = Moto::start_tls();
+    let (id, path) = fixture_blob();
+    let mut want = vec![0u8; 1000];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut want, 5000)
+        .unwrap();
+    let mut cfg = moto.config(&moto.endpoint());
+    cfg.ca_file = moto.ca.clone();
+    let s3 = S3Backend::new(&cfg).unwrap();
+    BlobUpload::upload(&s3, &id, &path).unwrap();
+    assert_eq!(s3.read_range(&id, 5000, 1000).unwrap(), want);
+
+    // Without that CA the server's certificate is refused...
+    cfg.ca_file = None;
+    cfg.retry_limit = Some(0);
+    let e = S3Backend::new(&cfg)
+        .unwrap()
+        .get_range(&id, 5000, 1000)
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // ...unless verification is off.
+    cfg.skip_verify = true;
+    let s3 = S3Backend::new(&cfg).unwrap();
+    assert_eq!(s3.read_range(&id, 5000, 1000).unwrap(), want);
+    logs.assert_free_of(&[&moto.secret, &moto.key_id]);
+}

@@ -21,15 +21,16 @@ pub const REGION: &str = "us-east-1";
 /// first three requests, which it lets through unsigned), then the bucket with that key.
 const SETUP: &str = r#"
 import boto3, json, sys
-ep, bucket, region = sys.argv[1], sys.argv[2], sys.argv[3]
-iam = boto3.client("iam", endpoint_url=ep, region_name=region,
+ep, bucket, region, ca = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+verify = ca or None
+iam = boto3.client("iam", endpoint_url=ep, region_name=region, verify=verify,
                    aws_access_key_id="setup", aws_secret_access_key="setup")
 iam.create_user(UserName="warren")
 iam.put_user_policy(UserName="warren", PolicyName="s3-all", PolicyDocument=json.dumps(
     {"Version": "2012-10-17",
      "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
 key = iam.create_access_key(UserName="warren")["AccessKey"]
-s3 = boto3.client("s3", endpoint_url=ep, region_name=region,
+s3 = boto3.client("s3", endpoint_url=ep, region_name=region, verify=verify,
                   aws_access_key_id=key["AccessKeyId"],
                   aws_secret_access_key=key["SecretAccessKey"])
 s3.create_bucket(Bucket=bucket)
@@ -41,6 +42,8 @@ print(key["SecretAccessKey"])
 pub struct Moto {
     child: Child,
     pub port: u16,
+    /// With TLS: the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
     pub key_id: String,
     pub secret: String,
     log: PathBuf,
@@ -49,12 +52,27 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_with(false)
+    }
+
+    /// Over https, with a certificate for 127.0.0.1 from a CA made for the test.
+    pub fn start_tls() -> Moto {
+        Moto::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Moto {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log).unwrap();
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let ca = tls.then(|| {
+            let (ca, cert, key) = make_ca_and_cert(dir.path());
+            cmd.arg("-c").arg(cert).arg("-k").arg(key);
+            ca
+        });
+        let child = cmd
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
             // This machine's CA bundle variable breaks Python's AWS clients.
             .env_remove("AWS_CA_BUNDLE")
@@ -65,6 +83,7 @@ impl Moto {
         let mut moto = Moto {
             child,
             port,
+            ca,
             key_id: String::new(),
             secret: String::new(),
             log,
@@ -84,6 +103,7 @@ impl Moto {
         }
         let out = Command::new("python3")
             .args(["-c", SETUP, &moto.endpoint(), BUCKET, REGION])
+            .arg(moto.ca.clone().unwrap_or_default())
             .env_remove("AWS_CA_BUNDLE")
             .stderr(Stdio::inherit())
             .output()
@@ -97,7 +117,8 @@ impl Moto {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -140,6 +161,34 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl tool:
+/// `(ca.pem, server.pem, server.key)` in `dir`.
+fn make_ca_and_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    const SCRIPT: &str = "set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=warren test CA' \
+    -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' \
+    > server.ext
+openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+    -extfile server.ext -out server.pem";
+    let out = Command::new("sh")
+        .args(["-c", SCRIPT])
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "making the test certificates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 fn free_port() -> u16 {

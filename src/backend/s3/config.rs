@@ -73,6 +73,10 @@ pub struct S3Config {
     pub addressing: Addressing,
     /// Accept any TLS certificate (test servers with self-signed certificates only).
     pub skip_verify: bool,
+    /// A PEM file of CA certificates trusted beside the built-in roots (a private CA).
+    /// Default: `AWS_CA_BUNDLE` (a bad bundle from there is skipped with a warning; a bad
+    /// `ca_file` is an error).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Timeout of one attempt, connect to last body byte, in seconds. Default: 30.
     pub timeout: u64,
     /// Connect timeout in seconds. Default: 5.
@@ -114,6 +118,7 @@ impl std::fmt::Debug for S3Config {
             .field("session_token", &set(&self.session_token))
             .field("addressing", &self.addressing)
             .field("skip_verify", &self.skip_verify)
+            .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry_limit", &self.retry_limit)
@@ -136,12 +141,22 @@ pub struct Resolved {
     /// `None`: unsigned requests. (`Credentials` redacts its secrets in `Debug`.)
     pub credentials: Option<Credentials>,
     pub skip_verify: bool,
+    /// Extra CA certificates (PEM), and whether they came from the environment.
+    pub ca_file: Option<(std::path::PathBuf, CaSource)>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub retry_limit: u32,
     pub retry_backoff: Duration,
     pub multipart_threshold: u64,
     pub part_size: u64,
+}
+
+/// Where the extra CA bundle was named: a bad one from the environment (set for other
+/// tools, perhaps) must not stop warren, a bad one in warren's own config must.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    Config,
+    Env,
 }
 
 /// Like [`S3Config`]'s: whether there are keys, never the keys (not even the key id,
@@ -156,6 +171,7 @@ impl std::fmt::Debug for Resolved {
             .field("region", &self.region)
             .field("signed", &self.credentials.is_some())
             .field("skip_verify", &self.skip_verify)
+            .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry_limit", &self.retry_limit)
@@ -262,6 +278,10 @@ impl S3Config {
             region,
             credentials,
             skip_verify: self.skip_verify,
+            ca_file: match &self.ca_file {
+                Some(p) if !p.as_os_str().is_empty() => Some((p.clone(), CaSource::Config)),
+                _ => env("AWS_CA_BUNDLE").map(|p| (p.into(), CaSource::Env)),
+            },
             timeout: Duration::from_secs(or(self.timeout, DEFAULT_TIMEOUT_SECS)),
             connect_timeout: Duration::from_secs(or(
                 self.connect_timeout,

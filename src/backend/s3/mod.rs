@@ -12,7 +12,7 @@ mod config;
 mod error;
 mod upload;
 
-pub use config::{Addressing, Resolved, S3Config};
+pub use config::{Addressing, CaSource, Resolved, S3Config};
 pub use error::S3Error;
 
 use super::BlobBackend;
@@ -84,17 +84,17 @@ impl S3Backend {
     }
 
     pub fn from_resolved(s3: Resolved) -> Result<S3Backend, S3Error> {
-        let client = Client::builder()
-            .timeout(s3.timeout)
-            .connect_timeout(s3.connect_timeout)
-            .danger_accept_invalid_certs(s3.skip_verify)
-            // A redirect (wrong region) would carry a signature for the wrong host: report
-            // it instead, with S3's message naming the right endpoint.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()
-            .map_err(|e| S3Error::Config(format!("HTTP client: {}", error::describe(&e))))?;
+        let client = match &s3.ca_file {
+            None => build_client(&s3, None)?,
+            Some((path, source)) => match build_client(&s3, Some(path)) {
+                Err(e) if *source == CaSource::Env => {
+                    tracing::warn!(bundle = %path.display(), error = %e,
+                        "AWS_CA_BUNDLE unusable; using the built-in CA roots only");
+                    build_client(&s3, None)?
+                }
+                other => other?,
+            },
+        };
         tracing::debug!(location = %location(&s3), endpoint = %s3.base, path_style = s3.path_style,
             signed = s3.credentials.is_some(), "S3 origin");
         Ok(S3Backend {
@@ -396,6 +396,35 @@ impl BlobBackend for S3Backend {
     }
 }
 
+/// The HTTP client for `s3`, trusting the CA certificates in `ca_file` beside the
+/// built-in roots.
+fn build_client(s3: &Resolved, ca_file: Option<&Path>) -> Result<Client, S3Error> {
+    let mut builder = Client::builder();
+    if let Some(path) = ca_file {
+        let bad = |e: String| S3Error::Config(format!("CA bundle {}: {e}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(error::describe(&e)))?;
+        if certs.is_empty() {
+            return Err(bad("no certificates in it".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .timeout(s3.timeout)
+        .connect_timeout(s3.connect_timeout)
+        .danger_accept_invalid_certs(s3.skip_verify)
+        // A redirect (wrong region) would carry a signature for the wrong host: report it
+        // instead, with S3's message naming the right endpoint.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_keepalive(Duration::from_secs(30))
+        .build()
+        .map_err(|e| S3Error::Config(format!("HTTP client: {}", error::describe(&e))))
+}
+
 fn location(s3: &Resolved) -> String {
     format!("s3://{}/{}", s3.bucket, s3.prefix)
 }
@@ -477,6 +506,34 @@ mod tests {
         assert_eq!(v.url("k", &[]).as_str(), "https://bkt.s3.example:8443/k");
         assert_eq!(v.location(), "s3://bkt/");
         assert!(v.key("").is_err() && v.key("a\nb").is_err());
+    }
+
+    #[test]
+    fn ca_bundles_from_config_fail_loudly_from_env_softly() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let mut cfg = S3Config {
+            bucket_name: "b".into(),
+            ca_file: Some(junk.clone()),
+            ..S3Config::default()
+        };
+        let e = S3Backend::from_resolved(cfg.resolve_with(&|_| None).unwrap())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no certificates"), "{e}");
+        cfg.ca_file = None;
+        let env_junk = junk.display().to_string();
+        let r = cfg
+            .resolve_with(&|n| (n == "AWS_CA_BUNDLE").then(|| env_junk.clone()))
+            .unwrap();
+        assert_eq!(r.ca_file.as_ref().unwrap().1, CaSource::Env);
+        S3Backend::from_resolved(r).unwrap();
+        let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if system.exists() {
+            cfg.ca_file = Some(system.into());
+            S3Backend::from_resolved(cfg.resolve_with(&|_| None).unwrap()).unwrap();
+        }
     }
 
     #[test]
