@@ -405,3 +405,263 @@ fn token_auth_registry_refreshes_expiring_tokens_and_never_shows_them() {
     all.extend(tokens.issued.lock().unwrap().clone());
     assert_no_secrets("mount stderr", &err, &all);
 }
+
+/// nydus-snapshotter's way: it fetches the bootstrap itself and hands the node a nydusd
+/// config whose backend is the registry (with nydusd's `auth` field).
+#[test]
+fn node_mounts_from_a_registry_given_a_nydusd_config() {
+    use base64::Engine;
+    let reg = Registry::start(Auth::Htpasswd);
+    let src = format!("{}/debian:minbase", reg.addr);
+    let dst = format!("{}/debian:nydus", reg.addr);
+    push_layout(&debian_layout(), "minbase", &src, Some((USER, PASSWORD)));
+    let creds = format!("{USER}:{PASSWORD}");
+    convert(&src, &dst, &["--creds", &creds], &[]);
+
+    let node = Node::start();
+    let client = plain_client(&reg.addr, Some((USER, PASSWORD)));
+    let reference: warren::oci::Reference = dst.parse().unwrap();
+    let pulled = warren::oci::pull::pull_bootstrap(
+        &client,
+        &reference,
+        &PlatformSpec::host(),
+        node.work.path(),
+    )
+    .unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(&creds);
+    let config = serde_json::json!({
+        "device": {
+            "backend": {"type": "registry", "config": {
+                "scheme": "http", "host": reg.addr, "repo": "debian", "auth": auth,
+                "timeout": 5, "connect_timeout": 5, "retry_limit": 2}},
+            "cache": {"type": "blobcache", "config": {"work_dir": "/nonexistent"}}},
+        "mode": "direct", "digest_validate": false, "enable_xattr": true,
+    });
+    let mnt = node.work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let body = serde_json::json!({
+        "source": pulled.path, "fs_type": "rafs", "config": config.to_string(),
+    });
+    let (status, resp) = node.api(
+        "POST",
+        &format!("/api/v1/mount?mountpoint={}", mnt.display()),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 204, "{resp}\n{}", node.log_text());
+    let (status, mounts) = node.api("GET", "/api/v1/mounts", None);
+    assert_eq!(status, 200);
+    assert!(
+        mounts.contains(&format!("http://{}/debian", reg.addr)),
+        "{mounts}"
+    );
+    assert!(!mounts.contains(&auth) && !mounts.contains(PASSWORD));
+    assert_same_tree(&rootfs(), &mnt);
+    let (status, resp) = node.api(
+        "DELETE",
+        &format!("/api/v1/mount?mountpoint={}", mnt.display()),
+        None,
+    );
+    assert_eq!(status, 204, "{resp}");
+    // Mounted again, then the node stops with the registry mount up: a clean exit.
+    let (status, resp) = node.api(
+        "POST",
+        &format!("/api/v1/mount?mountpoint={}", mnt.display()),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 204, "{resp}");
+    let f = "usr/bin/bash";
+    assert_eq!(
+        sha256_file(&mnt.join(f)).unwrap(),
+        sha256_file(&rootfs().join(f)).unwrap()
+    );
+    let mut node = node;
+    let st = node.terminate().expect("the node did not stop within 15 s");
+    assert!(st.success(), "node exit {st}: {}", node.log_text());
+    assert!(!is_mounted(&mnt));
+    assert!(!node.log_text().contains("panicked"), "{}", node.log_text());
+    assert_no_secrets("node log", &node.log_text(), &secrets());
+}
+
+/// Writes `data` as a blob of the OCI layout; its digest and size.
+fn put_blob(layout: &Path, data: &[u8]) -> (String, u64) {
+    let hex = sha256_hex(data);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), data).unwrap();
+    (format!("sha256:{hex}"), data.len() as u64)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A three-layer image (files, more files, a whiteout) as an index for linux/amd64 and
+/// linux/arm64 (same layers, configs that differ in architecture), tagged `multi`. The
+/// layers are GNU tars added with `umoci raw add-layer`.
+fn multi_platform_layout(dir: &Path) -> std::path::PathBuf {
+    let umoci = need("umoci");
+    let (one, two, three) = (dir.join("one"), dir.join("two"), dir.join("three"));
+    std::fs::create_dir_all(one.join("data/dir")).unwrap();
+    std::fs::create_dir_all(two.join("data")).unwrap();
+    std::fs::create_dir_all(three.join("data")).unwrap();
+    std::fs::write(one.join("data/a"), b"first layer\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(one.join("data/big"), &big).unwrap();
+    std::fs::write(one.join("data/gone"), b"whited out later\n").unwrap();
+    std::fs::write(one.join("data/dir/x"), b"x\n").unwrap();
+    std::fs::write(two.join("data/c"), b"second layer\n").unwrap();
+    std::fs::write(three.join("data/.wh.gone"), b"").unwrap();
+    let layout = dir.join("layout");
+    let image = format!("{}:img", layout.display());
+    run(std::process::Command::new(&umoci)
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(std::process::Command::new(&umoci).args(["new", "--image", &image]));
+    for tree in [&one, &two, &three] {
+        let tar = tree.with_extension("tar");
+        run(std::process::Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(tree)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("data"));
+        run(std::process::Command::new(&umoci)
+            .args(["raw", "add-layer", "--image", &image])
+            .arg(&tar));
+    }
+    run(std::process::Command::new(&umoci).args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+    ]));
+
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "img")
+        .unwrap()
+        .clone();
+    let blob = |d: &serde_json::Value| {
+        let hex = d
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&entry["digest"])).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+    config["architecture"] = "arm64".into();
+    let (cd, cs) = put_blob(&layout, &serde_json::to_vec(&config).unwrap());
+    let mut arm = manifest.clone();
+    arm["config"]["digest"] = cd.into();
+    arm["config"]["size"] = cs.into();
+    let (ad, asz) = put_blob(&layout, &serde_json::to_vec(&arm).unwrap());
+    let platform = |arch: &str| serde_json::json!({"os": "linux", "architecture": arch});
+    let multi = serde_json::json!({
+    "schemaVersion": 2, "mediaType": OCI_INDEX,
+    "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": entry["digest"], "size": entry["size"], "platform": platform("amd64")},
+        {"mediaType": OCI_MANIFEST, "digest": ad, "size": asz, "platform": platform("arm64")},
+    ]});
+    let (id, isz) = put_blob(&layout, &serde_json::to_vec(&multi).unwrap());
+    let mut index = index;
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": OCI_INDEX, "digest": id, "size": isz,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    layout
+}
+
+#[test]
+fn layered_multi_platform_images_convert_per_platform_with_whiteouts() {
+    let reg = Registry::start(Auth::Open);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = multi_platform_layout(dir.path());
+    let src = format!("{}/multi:1", reg.addr);
+    push_layout(&layout, "multi", &src, None);
+    let client = plain_client(&reg.addr, None);
+
+    // Every platform: an index of Nydus manifests.
+    let all = convert(
+        &src,
+        &format!("{}/multi:nydus", reg.addr),
+        &["--all-platforms"],
+        &[],
+    );
+    assert_eq!(all["media_type"], OCI_INDEX);
+    let images = all["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    let img = &images[0];
+    assert_eq!(img["layers"].as_array().unwrap().len(), 3);
+    assert!(
+        img["layers"][2]["blob_id"].is_null(),
+        "a whiteout-only layer has no blob"
+    );
+    assert_eq!(img["blobs"].as_array().unwrap().len(), 2);
+    let f = client.get_manifest("multi", "nydus").unwrap();
+    let Document::Index(index) = Document::parse(&f).unwrap() else {
+        panic!("not an index")
+    };
+    let mut archs = Vec::new();
+    for d in index.manifests() {
+        archs.push(d.platform().as_ref().unwrap().architecture().to_string());
+        check_nydus_manifest(&client, "multi", d.digest().as_ref());
+    }
+    assert_eq!(archs, ["amd64", "arm64"]);
+
+    // One platform (the host's by default): a manifest.
+    let one = convert(&src, &format!("{}/multi:host", reg.addr), &[], &[]);
+    assert_eq!(one["media_type"], OCI_MANIFEST);
+    assert_eq!(one["images"][0]["platform"], "linux/amd64");
+    let out = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--platform",
+            "linux/s390x",
+            "--source",
+            &src,
+            "--target",
+            &format!("{}/multi:x", reg.addr),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux/amd64, linux/arm64"), "{err}");
+
+    // The arm64 image mounted: the layers stacked, the whiteout applied.
+    let m = ImageMount::start(
+        &format!("{}/multi:nydus", reg.addr),
+        &["--platform", "linux/arm64"],
+        &[],
+    );
+    let one_dir = dir.path().join("one");
+    for (path, want) in [
+        ("data/a", std::fs::read(one_dir.join("data/a")).unwrap()),
+        ("data/big", std::fs::read(one_dir.join("data/big")).unwrap()),
+        ("data/dir/x", b"x\n".to_vec()),
+        ("data/c", b"second layer\n".to_vec()),
+    ] {
+        assert_eq!(std::fs::read(m.path(path)).unwrap(), want, "{path}");
+    }
+    assert!(
+        !m.path("data/gone").exists(),
+        "the whiteout was not applied"
+    );
+    assert!(!m.path("data/.wh.gone").exists());
+}

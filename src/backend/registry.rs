@@ -82,6 +82,36 @@ pub struct RegistryOrigin {
 }
 
 impl RegistryOrigin {
+    /// `http://HOST/REPO` or `https://HOST/REPO`, for mount listings.
+    pub fn location(&self) -> String {
+        let scheme = if self.options.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}/{}", self.host, self.repo)
+    }
+
+    /// The registry backend of a whole nydusd config, if it has one: `device.backend` with
+    /// `{"type": "registry", "config": {...}}` (config v1) or `backend` with
+    /// `{"type": "registry", "registry": {...}}` (config v2). `None` for other types.
+    pub fn from_nydusd_config(c: &serde_json::Value) -> Result<Option<RegistryOrigin>, String> {
+        let (backend, inner) = match c.get("device") {
+            Some(d) => (d.get("backend"), "config"),
+            None => (c.get("backend"), "registry"),
+        };
+        let Some(backend) = backend else {
+            return Ok(None);
+        };
+        if backend.get("type").and_then(|t| t.as_str()) != Some("registry") {
+            return Ok(None);
+        }
+        let Some(config) = backend.get(inner) else {
+            return Err(format!("the registry backend has no `{inner}` object"));
+        };
+        RegistryOrigin::from_nydusd(config).map(Some)
+    }
+
     pub fn open(&self) -> Result<RegistryBackend, OciError> {
         let client = Client::new(&self.host, self.options.clone())?;
         Ok(RegistryBackend::new(Arc::new(client), self.repo.clone()))
@@ -196,6 +226,25 @@ mod tests {
                 .options
                 .plain_http
         );
+    }
+
+    #[test]
+    fn whole_nydusd_configs() {
+        let v1 = json!({"device": {"backend": {"type": "registry", "config": {
+            "scheme": "http", "host": "h:1", "repo": "r"}}, "cache": {"type": "blobcache"}},
+            "mode": "direct"});
+        let o = RegistryOrigin::from_nydusd_config(&v1).unwrap().unwrap();
+        assert_eq!(o.location(), "http://h:1/r");
+        let v2 = json!({"version": 2, "backend": {"type": "registry", "registry": {
+            "host": "h", "repo": "a/b"}}});
+        let o = RegistryOrigin::from_nydusd_config(&v2).unwrap().unwrap();
+        assert_eq!(o.location(), "https://h/a/b");
+        let local = json!({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}});
+        assert!(RegistryOrigin::from_nydusd_config(&local)
+            .unwrap()
+            .is_none());
+        let broken = json!({"device": {"backend": {"type": "registry"}}});
+        assert!(RegistryOrigin::from_nydusd_config(&broken).is_err());
     }
 
     #[test]

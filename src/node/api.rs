@@ -12,6 +12,7 @@
 
 use super::{MountRequest, Node};
 use crate::api::server::{ApiError, ApiRequest, ApiResponse, Handler};
+use crate::backend::registry::RegistryOrigin;
 use crate::backend::s3::S3Config;
 use hyper::Method;
 use serde::Deserialize;
@@ -140,12 +141,17 @@ pub fn mount_request(
     };
     let mut blob_dir = None;
     let mut s3 = None;
+    let mut registry = None;
     match config {
         None => {}
         Some(c) if c.get("device").is_some() || c.get("backend").is_some() => {
             s3 = S3Config::from_nydusd(&c)
                 .map_err(|e| ApiError::bad_request(format!("config: {e}")))?;
             if s3.is_none() {
+                registry = RegistryOrigin::from_nydusd_config(&c)
+                    .map_err(|e| ApiError::bad_request(format!("config: {e}")))?;
+            }
+            if s3.is_none() && registry.is_none() {
                 blob_dir = Some(nydusd_localfs_dir(&c)?);
             }
         }
@@ -177,6 +183,7 @@ pub fn mount_request(
         mountpoint,
         blob_dir,
         s3,
+        registry,
         options,
     })
 }
@@ -197,7 +204,7 @@ fn nydusd_localfs_dir(c: &serde_json::Value) -> Result<PathBuf, ApiError> {
     let kind = backend.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if kind != "localfs" {
         return Err(ApiError::bad_request(format!(
-            "config: backend type {kind:?} is not supported by this node yet (only \"localfs\" and \"s3\")"
+            "config: backend type {kind:?} is not supported by this node yet (only \"localfs\", \"s3\" and \"registry\")"
         )));
     }
     let dir = backend

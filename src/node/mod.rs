@@ -14,6 +14,7 @@ pub use run::run;
 use crate::api::metrics::Metrics;
 use crate::api::server::ApiError;
 use crate::backend::localfs::LocalFs;
+use crate::backend::registry::RegistryOrigin;
 use crate::backend::s3::{S3Backend, S3Config};
 use crate::backend::BlobBackend;
 use crate::cli::mount::is_mounted;
@@ -67,6 +68,8 @@ pub struct MountRequest {
     pub blob_dir: Option<PathBuf>,
     /// An S3 bucket as the origin instead of a directory (`blob_dir` is then unused).
     pub s3: Option<S3Config>,
+    /// A registry repository as the origin (nydusd's `registry` backend).
+    pub registry: Option<RegistryOrigin>,
     pub options: MountOptions,
 }
 
@@ -78,7 +81,8 @@ pub struct MountInfo {
     /// The origin directory; absent for other origins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blob_dir: Option<PathBuf>,
-    /// Where the blobs come from: the directory, or `s3://BUCKET/PREFIX`.
+    /// Where the blobs come from: the directory, `s3://BUCKET/PREFIX`, or the registry
+    /// repository's URL.
     pub origin: String,
     pub fs_type: &'static str,
     /// Seconds since the Unix epoch.
@@ -269,19 +273,24 @@ impl Node {
             )));
         }
         let bootstrap = std::fs::canonicalize(&bootstrap).unwrap_or(bootstrap);
-        let (backend, blob_dir, origin): (Arc<dyn BlobBackend>, _, _) = match &req.s3 {
-            Some(s3) => {
-                let b = S3Backend::new(s3).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                let origin = b.location();
-                (Arc::new(b), None, origin)
-            }
-            None => {
-                check_file("blob directory", &blob_dir, true)?;
-                let dir = std::fs::canonicalize(&blob_dir).unwrap_or(blob_dir);
-                let origin = dir.display().to_string();
-                (Arc::new(LocalFs::new(&dir)), Some(dir), origin)
-            }
-        };
+        let (backend, blob_dir, origin): (Arc<dyn BlobBackend>, _, _) =
+            match (&req.s3, &req.registry) {
+                (Some(s3), _) => {
+                    let b = S3Backend::new(s3).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    let origin = b.location();
+                    (Arc::new(b), None, origin)
+                }
+                (None, Some(r)) => {
+                    let b = r.open().map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    (Arc::new(b), None, r.location())
+                }
+                (None, None) => {
+                    check_file("blob directory", &blob_dir, true)?;
+                    let dir = std::fs::canonicalize(&blob_dir).unwrap_or(blob_dir);
+                    let origin = dir.display().to_string();
+                    (Arc::new(LocalFs::new(&dir)), Some(dir), origin)
+                }
+            };
 
         let chain = open_image(
             &bootstrap,

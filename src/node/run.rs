@@ -79,6 +79,7 @@ async fn serve(
             mountpoint: m.mountpoint.clone(),
             blob_dir: m.blob_dir.clone(),
             s3: None,
+            registry: None,
             options: node.mount_options(&m.prefetch_files),
         };
         let n = node.clone();

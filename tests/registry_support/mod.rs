@@ -417,3 +417,119 @@ pub fn sha256_file(p: &Path) -> std::io::Result<String> {
     let data = std::fs::read(p)?;
     Ok(hex::encode(sha2::Sha256::digest(&data)))
 }
+
+/// A `warren node` with its API on a unix socket; stopped on drop (mounts detached).
+pub struct Node {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        let work = tempfile::tempdir().unwrap();
+        let data = work.path().join("data");
+        let blobs = work.path().join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let config = work.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ncache_dir = {:?}\nblob_dir = {:?}\nmetrics_addr = \"127.0.0.1:0\"\n",
+                data,
+                work.path().join("cache"),
+                blobs
+            ),
+        )
+        .unwrap();
+        let log = work.path().join("node.log");
+        let child = Command::new(warren_bin())
+            .args(["node", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting warren node");
+        let mut node = Node {
+            child,
+            socket: data.join("api.sock"),
+            log,
+            work,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = node.child.try_wait() {
+                panic!("warren node exited ({st}): {}", node.log_text());
+            }
+            if std::os::unix::net::UnixStream::connect(&node.socket).is_ok()
+                && node.api("GET", "/api/v1/daemon", None).0 == 200
+            {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not up: {}",
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request on the API socket: status and body.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
+    }
+}
+
+impl Node {
+    /// SIGTERM; the exit status (SIGKILL after 15 s).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.terminate();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let work = self.work.path().to_string_lossy().into_owned();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if m.starts_with(&work) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
