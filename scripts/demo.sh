@@ -19,6 +19,9 @@ WARREN=$CARGO_TARGET_DIR/release/warren
 
 require_root "the demo loop-mounts an erofs image"
 ensure_cargo
+# The build links the chunk store's index against Debian's RocksDB (.cargo/config.toml);
+# bindgen needs libclang for its bindings.
+ensure_apt_packages librocksdb-dev=/usr/include/rocksdb/c.h libclang-dev=/usr/lib/llvm-14/lib/libclang.so
 grep -qw erofs /proc/filesystems || die "the kernel has no erofs support (not in /proc/filesystems)"
 
 WORK=$(mktemp -d /var/tmp/warren-demo.XXXXXX)

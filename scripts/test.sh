@@ -65,6 +65,8 @@ apt_deps() {
         hyperfine=hyperfine \
         time=/usr/bin/time \
         prometheus=promtool \
+        librocksdb-dev=/usr/include/rocksdb/c.h \
+        libclang-dev=/usr/lib/llvm-14/lib/libclang.so \
         docker-registry=docker-registry \
         skopeo=skopeo \
         umoci=umoci \

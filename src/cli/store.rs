@@ -7,7 +7,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct StoreArgs {
@@ -83,13 +83,13 @@ struct StatsOut {
     disk_bytes: u64,
 }
 
-fn open_read_only(dir: &PathBuf) -> anyhow::Result<Store> {
+fn open_read_only(dir: &Path) -> anyhow::Result<Store> {
     Store::open_read_only(dir).with_context(|| format!("opening chunk store {}", dir.display()))
 }
 
 /// Opens for writing with the config's options, or else with the quota the store last ran
 /// with (so maintenance does not apply a different default quota).
-fn open_writable(dir: &PathBuf, opts: Option<StoreOptions>) -> anyhow::Result<Store> {
+fn open_writable(dir: &Path, opts: Option<StoreOptions>) -> anyhow::Result<Store> {
     let opts = match opts {
         Some(o) => o,
         None => StoreOptions {
