@@ -357,3 +357,29 @@ fn digest_of_nothing_is_a_valid_key() {
     let zero = ChunkKey::new(Digester::Blake3, ChunkDigest([0; 32]));
     assert_eq!(store.get(&zero), Lookup::Miss);
 }
+
+#[test]
+fn gc_evicts_just_down_to_its_target_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &opts(64 << 20)).unwrap();
+    let mut big = Vec::new();
+    for i in 0..12u64 {
+        for j in 0..25u64 {
+            let (k, d) = chunk(1000 + i * 100 + j, 4 + j as usize);
+            store.insert(&k, &d).unwrap();
+        }
+        let (k, d) = chunk(5000 + i, 400_000);
+        store.insert(&k, &d).unwrap();
+        big.push(k);
+    }
+    let before = store.stats().bytes;
+    let gc = store.gc(Some(1_000_000)).unwrap();
+    assert_eq!(gc.bytes_before, before);
+    assert!(
+        gc.bytes_after <= 1_000_000 && gc.bytes_after > 1_000_000 - 400_000,
+        "{gc:?}"
+    );
+    // The oldest big chunks went, the newest stayed.
+    assert!(!store.contains(&big[0]));
+    assert!(store.contains(&big[11]));
+}

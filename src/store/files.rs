@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Chunks start on a block boundary in the data files, so the blocks of an evicted chunk
-/// are its own and all of them can be punched; the cost is the unused end of each chunk's
-/// last block (2 KiB on average, 0.2% of a 1 MiB chunk), which on disk stays a hole.
+/// Chunks of a block or more start on a block boundary in the data files, and so does the
+/// chunk after them, so every block of such a chunk is its own and all can be punched; the
+/// cost is the unused end of its last block (2 KiB on average, 0.2% of a 1 MiB chunk), a
+/// hole on disk. Smaller chunks are packed back to back: they free their space only when
+/// their data file is deleted.
 pub(crate) const BLOCK: u64 = 4096;
 
 /// `n` rounded up to a block boundary.
@@ -89,9 +91,14 @@ impl DataFiles {
     }
 
     /// Gives the blocks of a chunk at `[offset, offset + len)` back to the file system: all
-    /// of them, the partial last one included, since chunks start on block boundaries.
+    /// of them for a chunk of a block or more (its last block is its own, see [`BLOCK`]),
+    /// else the whole blocks inside it (none).
     pub(crate) fn punch_chunk(&self, id: u32, offset: u64, len: u64) -> Result<()> {
-        self.punch(id, offset, align(offset + len) - offset)
+        if len >= BLOCK && offset % BLOCK == 0 {
+            self.punch(id, offset, align(offset + len) - offset)
+        } else {
+            self.punch(id, offset, len)
+        }
     }
 
     /// Gives the whole blocks inside `[offset, offset + len)` back to the file system.

@@ -3,7 +3,7 @@
 //! makes the sync affordable: one fdatasync and one RocksDB write per batch, not per chunk.
 
 use super::error::{Result, StoreError};
-use super::files::align;
+use super::files::{align, BLOCK};
 use super::index::{file_key, Entry, FileStat, Totals, META_TOTALS};
 use super::{ChunkKey, Inner, WriteState};
 use crate::rafs::Compressor;
@@ -194,13 +194,19 @@ impl Inner {
             Ok(f) => f,
             Err(_) => self.files.create(st.active)?,
         };
-        // Each chunk starts on a block boundary (see `files::BLOCK`); the zeros between
-        // chunks fill the rest of the previous chunk's last block.
+        // Chunks of a block or more start on a block boundary, and so does whatever follows
+        // them, so their blocks are their own to punch (see `files::BLOCK`); smaller chunks
+        // are packed together, as punching one could not free a block anyway.
         let start = align(st.end);
         let mut offsets = Vec::with_capacity(todo.len());
         let mut buf = Vec::new();
+        let mut after_big = false;
         for e in &todo {
-            buf.resize(align(buf.len() as u64) as usize, 0);
+            let big = e.bytes.len() as u64 >= BLOCK;
+            if big || after_big {
+                buf.resize(align(buf.len() as u64) as usize, 0);
+            }
+            after_big = big;
             offsets.push(start + buf.len() as u64);
             buf.extend_from_slice(&e.bytes);
         }
