@@ -117,7 +117,27 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         quota_bytes: args.cache_quota,
         ..StoreOptions::default()
     };
-    let cache = open_cache(&cache_dir, &store)?;
+    // The chunk store opens (tens of ms cold) while the image's bootstrap comes from the
+    // registry.
+    let opening = std::thread::spawn(move || open_cache(&cache_dir, &store));
+    let (bootstrap, origin, _pulled) = match (&args.image, &args.bootstrap, &args.blob_dir) {
+        (Some(image), _, _) => {
+            let o = super::registry::open_image_origin(
+                image,
+                args.platform.as_deref(),
+                &args.registry,
+            )?;
+            (o.bootstrap.clone(), o.backend.clone(), Some(o))
+        }
+        (None, Some(b), Some(d)) => {
+            let local: Arc<dyn crate::backend::BlobBackend> = Arc::new(LocalFs::new(d));
+            (b.clone(), local, None)
+        }
+        _ => anyhow::bail!("give --bootstrap and --blob-dir, or --image"),
+    };
+    let cache = opening
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread opening the chunk store panicked"))??;
     let metrics = Metrics::new();
     metrics.watch_store(cache.clone());
     let _metrics_server = match args.metrics_addr {
@@ -133,21 +153,6 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
     let fetch = FetchOptions {
         amplify_bytes: args.amplify_bytes,
         ..FetchOptions::default()
-    };
-    let (bootstrap, origin, _pulled) = match (&args.image, &args.bootstrap, &args.blob_dir) {
-        (Some(image), _, _) => {
-            let o = super::registry::open_image_origin(
-                image,
-                args.platform.as_deref(),
-                &args.registry,
-            )?;
-            (o.bootstrap.clone(), o.backend.clone(), Some(o))
-        }
-        (None, Some(b), Some(d)) => {
-            let local: Arc<dyn crate::backend::BlobBackend> = Arc::new(LocalFs::new(d));
-            (b.clone(), local, None)
-        }
-        _ => anyhow::bail!("give --bootstrap and --blob-dir, or --image"),
     };
     let chain = open_image(&bootstrap, origin, cache, fetch, metrics)?;
     let opts = MountOptions {
