@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// A registry with the Debian image converted, and a proxy in front of it whose faults
 /// hit the data blob only.
 struct Setup {
-    _reg: Registry,
+    reg: Registry,
     proxy: FaultProxy,
     blob: String,
     report: serde_json::Value,
@@ -30,7 +30,7 @@ fn setup() -> Setup {
     let proxy = FaultProxy::start(&reg.addr);
     proxy.target(&blob);
     Setup {
-        _reg: reg,
+        reg,
         proxy,
         blob,
         report,
@@ -204,4 +204,42 @@ fn convert_survives_broken_layer_downloads_and_gives_the_same_image() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("digest") || err.contains("layer"), "{err}");
+}
+
+#[test]
+fn redirects_to_another_host_keep_the_range() {
+    let s = setup();
+    // Blob reads are sent on to "object storage" (here the registry itself, on another
+    // port than the proxy's): each must arrive there as a ranged GET.
+    s.proxy.standing(Some(Fault::Redirect(s.reg.addr.clone())));
+    let m = mount(&s, &BUDGET);
+    for f in files(3, 0) {
+        same(&m, &f);
+    }
+    let log = strip_ansi(&m.stop());
+    assert!(
+        log.contains("status=307"),
+        "no redirect was followed:\n{log}"
+    );
+    let gets = s.reg.blob_gets(&s.blob);
+    assert!(!gets.is_empty());
+    assert!(gets.iter().all(|(st, _)| *st == 206), "{gets:?}");
+}
+
+/// The log without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -143,7 +143,7 @@ impl Registry {
     pub fn blob_gets(&self, digest: &str) -> Vec<(u16, u64)> {
         self.log_text()
             .lines()
-            .filter(|l| l.contains(&format!("\"GET /v2/")) && l.contains(digest))
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(digest))
             .filter_map(|l| {
                 let rest = &l[l.find("HTTP/1.1\" ")? + 10..];
                 let mut it = rest.split_whitespace();

@@ -26,6 +26,8 @@ pub enum Fault {
     Hang,
     /// Pass with one body byte flipped.
     Corrupt,
+    /// Answer `307 Temporary Redirect` to the same path on this `host:port`.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -226,6 +228,13 @@ fn handle(mut client: TcpStream, s: &Shared) -> std::io::Result<()> {
         }
         Fault::Reset => {
             reset(client);
+            return Ok(());
+        }
+        Fault::Redirect(to) => {
+            write!(
+                client,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
             return Ok(());
         }
         Fault::Delay(d) => std::thread::sleep(*d),
