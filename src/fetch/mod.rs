@@ -299,10 +299,8 @@ impl FetchChain {
             }
         }
         for run in self.runs(owned) {
-            for (c, slot, result) in self.fetch_run(run) {
-                let digest = self.info(c).digest;
-                self.inflight.finish(&digest, &slot, result.clone());
-                found.insert(digest, result);
+            for (c, result) in self.fetch_run(run) {
+                found.insert(self.info(c).digest, result);
             }
         }
         for (digest, slot) in waiting {
@@ -372,12 +370,10 @@ impl FetchChain {
         runs
     }
 
-    /// One origin request for a run of adjacent chunks, then each chunk expanded, verified
-    /// and cached.
-    fn fetch_run(
-        &self,
-        run: Vec<(ChunkRef, Arc<inflight::Slot>)>,
-    ) -> Vec<(ChunkRef, Arc<inflight::Slot>, ChunkResult)> {
+    /// One origin request for a run of adjacent chunks, then each chunk expanded, verified,
+    /// cached and handed to its waiters. A long run (read amplification) is decoded on
+    /// every core, and each chunk's waiters go on as soon as that chunk is ready.
+    fn fetch_run(&self, run: Vec<(ChunkRef, Arc<inflight::Slot>)>) -> Vec<(ChunkRef, ChunkResult)> {
         let first = self.info(run[0].0);
         let last = self.info(run[run.len() - 1].0);
         let blob = &self.image.blobs[run[0].0.blob as usize];
@@ -392,19 +388,24 @@ impl FetchChain {
         if bytes.is_err() {
             self.metrics.origin_errors.with_label_values(&[kind]).inc();
         }
-        run.into_iter()
-            .map(|(c, slot)| {
-                let info = self.info(c);
-                let result = match &bytes {
-                    Err(e) => Err(format!("{kind} origin: {e}")),
-                    Ok(b) => {
-                        let from = (info.compressed_offset - start) as usize;
-                        self.expand(c, &b[from..from + info.compressed_size as usize])
-                    }
-                };
-                (c, slot, result)
-            })
-            .collect()
+        let one = |(c, slot): (ChunkRef, Arc<inflight::Slot>)| {
+            let info = self.info(c);
+            let result = match &bytes {
+                Err(e) => Err(format!("{kind} origin: {e}")),
+                Ok(b) => {
+                    let from = (info.compressed_offset - start) as usize;
+                    self.expand(c, &b[from..from + info.compressed_size as usize])
+                }
+            };
+            self.inflight.finish(&info.digest, &slot, result.clone());
+            (c, result)
+        };
+        if run.len() > 1 {
+            use rayon::prelude::*;
+            run.into_par_iter().map(one).collect()
+        } else {
+            run.into_iter().map(one).collect()
+        }
     }
 
     /// Decompresses and verifies one chunk fetched from the origin, then caches it.
