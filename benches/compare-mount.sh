@@ -7,7 +7,7 @@
 #                   after a fresh mount and dropped caches)
 #   cold full read  every regular file read by 4 parallel readers, right after a fresh
 #                   mount with an empty cache and dropped page cache
-#   warm full read  the same again, caches warm
+#   warm full read  the same again, caches warm (the better of two passes)
 #   random 4 KiB    fio randread, 4 KiB blocks, in the largest file, page cache dropped
 #                   first (the node's chunk cache stays warm), 5 s
 #
@@ -100,7 +100,10 @@ for round in $(seq "$ROUNDS"); do
         mount_tool "$tool" "$round"
         META[$tool]+="$(timed_ms find "$root" -printf '%i %m %u %s\n') "
         COLD[$tool]+="$(timed_ms read_all "$root") "
-        WARM[$tool]+="$(timed_ms read_all "$root") "
+        # Warm: the better of two passes, so a daemon still flushing its cache after the
+        # cold pass is not what gets measured.
+        w1=$(timed_ms read_all "$root"); w2=$(timed_ms read_all "$root")
+        WARM[$tool]+="$(( w1 < w2 ? w1 : w2 )) "
         drop_caches
         IOPS[$tool]+="$(fio --name=r --filename="$root/$BIG" --rw=randread --bs=4k --readonly --ioengine=psync \
             --time_based --runtime=5 --output-format=json 2>/dev/null | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))') "
