@@ -665,3 +665,57 @@ fn layered_multi_platform_images_convert_per_platform_with_whiteouts() {
     );
     assert!(!m.path("data/.wh.gone").exists());
 }
+
+/// HTTPS with a self-signed certificate: refused unless --insecure, then convert and mount
+/// work as over HTTP.
+#[test]
+fn https_registry_with_a_self_signed_certificate() {
+    let reg = Registry::start_tls(Auth::Open);
+    let src = format!("{}/debian:minbase", reg.addr);
+    let dst = format!("{}/debian:nydus", reg.addr);
+    push_layout(&debian_layout(), "minbase", &src, None);
+    let refused = warren(&["convert", "--source", &src, "--target", &dst], &[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let plain = warren(
+        &[
+            "convert",
+            "--plain-http",
+            "--registry-retries",
+            "0",
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &[],
+    );
+    assert!(
+        !plain.status.success(),
+        "plain HTTP to an HTTPS registry succeeded"
+    );
+    let out = warren_ok(
+        &[
+            "convert",
+            "--insecure",
+            "--json",
+            "--source",
+            &src,
+            "--target",
+            &dst,
+        ],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images"][0]["blobs"].as_array().unwrap().len(), 1);
+    let m = ImageMount::start_args(&dst, &["--insecure"], &[]);
+    let root = rootfs();
+    for f in largest_files(&root, 3) {
+        assert_eq!(
+            sha256_file(&m.path(&f)).unwrap(),
+            sha256_file(&root.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+}

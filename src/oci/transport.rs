@@ -517,7 +517,18 @@ fn jitter(d: Duration) -> Duration {
 pub(crate) fn error_detail(body: &[u8]) -> String {
     let v: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(_) => return String::new(),
+        // A plain-text answer (a proxy's, or "Client sent an HTTP request to an HTTPS
+        // server."): its first line, if it is short and printable.
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let line = text.lines().next().unwrap_or("").trim();
+            let printable = line.chars().all(|c| !c.is_control());
+            return if printable && line.len() <= 200 && !line.starts_with('<') {
+                line.to_string()
+            } else {
+                String::new()
+            };
+        }
     };
     v.get("errors")
         .and_then(|e| e.as_array())
@@ -572,4 +583,24 @@ fn read_small(resp: Response) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = resp.take(64 << 10).read_to_end(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_details() {
+        let json =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(error_detail(json), "MANIFEST_UNKNOWN: manifest unknown");
+        assert_eq!(
+            error_detail(b"Client sent an HTTP request to an HTTPS server.\n"),
+            "Client sent an HTTP request to an HTTPS server."
+        );
+        assert_eq!(error_detail(b"<html><body>bad gateway</body></html>"), "");
+        assert_eq!(error_detail(&[0xff, 0x01, 0x02]), "");
+        let u = Url::parse("https://user:pw@s3.example:9000/b/k?X-Amz-Signature=abc").unwrap();
+        assert_eq!(redact(&u), "s3.example:9000/b/k");
+    }
 }

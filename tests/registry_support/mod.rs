@@ -67,6 +67,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: Auth) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// Serving HTTPS with a self-signed certificate for 127.0.0.1.
+    pub fn start_tls(auth: Auth) -> Registry {
+        Registry::start_with(auth, true)
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> Registry {
         let bin = need("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -90,8 +99,32 @@ impl Registry {
                 t.cert_pem.display()
             ),
         };
+        let tls_yaml = if tls {
+            let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            run(Command::new(need("openssl"))
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert));
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
             dir.path().join("data").display()
         );
         let cfg = dir.path().join("config.yml");
@@ -119,7 +152,8 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = http_status(&self.addr, "/v2/") {
-                if status == 200 || status == 401 {
+                // A TLS listener answers a plain request with 400.
+                if status == 200 || status == 401 || status == 400 {
                     return;
                 }
             }
@@ -298,27 +332,27 @@ pub struct ImageMount {
 
 impl ImageMount {
     pub fn start(image: &str, extra: &[&str], env: &[(&str, &str)]) -> ImageMount {
+        let mut args = vec!["--plain-http"];
+        args.extend_from_slice(extra);
+        ImageMount::start_args(image, &args, env)
+    }
+
+    /// Without `--plain-http`: `extra` says how to reach the registry.
+    pub fn start_args(image: &str, extra: &[&str], env: &[(&str, &str)]) -> ImageMount {
         let dir = tempfile::tempdir().unwrap();
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
         let stderr = dir.path().join("mount.stderr");
         let mut cmd = Command::new(warren_bin());
-        cmd.args([
-            "mount",
-            "--plain-http",
-            "--cache-dir",
-            "none",
-            "--image",
-            image,
-        ])
-        .args(extra)
-        .arg(&mountpoint)
-        .env("DOCKER_CONFIG", "/nonexistent-warren-test")
-        .env_remove("WARREN_REGISTRY_USERNAME")
-        .env_remove("WARREN_REGISTRY_PASSWORD")
-        .env_remove("IMAGE_PULL_AUTH")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap());
+        cmd.args(["mount", "--cache-dir", "none", "--image", image])
+            .args(extra)
+            .arg(&mountpoint)
+            .env("DOCKER_CONFIG", "/nonexistent-warren-test")
+            .env_remove("WARREN_REGISTRY_USERNAME")
+            .env_remove("WARREN_REGISTRY_PASSWORD")
+            .env_remove("IMAGE_PULL_AUTH")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
