@@ -146,10 +146,20 @@ struct InProcess {
 }
 
 fn mount_in_process(boot: &Path, blobs: &Path) -> InProcess {
-    mount_in_process_with(boot, blobs, FetchOptions::default())
+    mount_in_process_with(
+        boot,
+        blobs,
+        FetchOptions::default(),
+        MountOptions::default(),
+    )
 }
 
-fn mount_in_process_with(boot: &Path, blobs: &Path, fetch: FetchOptions) -> InProcess {
+fn mount_in_process_with(
+    boot: &Path,
+    blobs: &Path,
+    fetch: FetchOptions,
+    opts: MountOptions,
+) -> InProcess {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -163,7 +173,7 @@ fn mount_in_process_with(boot: &Path, blobs: &Path, fetch: FetchOptions) -> InPr
         metrics.clone(),
     )
     .unwrap();
-    let mount = ImageMount::mount(&mnt, chain, &MountOptions::default()).unwrap();
+    let mount = ImageMount::mount(&mnt, chain, &opts).unwrap();
     InProcess {
         mount,
         metrics,
@@ -195,7 +205,7 @@ fn concurrent_random_reads_are_right_and_each_chunk_is_fetched_once() {
         amplify_bytes: 0,
         ..FetchOptions::default()
     };
-    let exact = mount_in_process_with(&boot, &blobs, no_amplify);
+    let exact = mount_in_process_with(&boot, &blobs, no_amplify, MountOptions::default());
     one_byte_from_16_readers(exact.mount.mountpoint());
     assert_eq!(
         origin_chunks(&exact.metrics),
@@ -464,27 +474,15 @@ fn debian_minbase_mounts_and_runs() {
 #[test]
 fn prefetch_all_fetches_everything_in_the_background() {
     let (boot, blobs) = fixture_image("v6-zstd-blake3");
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let metrics = Metrics::new();
-    let cache = Arc::new(Store::open(&dir.path().join("cache"), &StoreOptions::default()).unwrap());
-    let chain = open_image(
-        &boot,
-        Arc::new(LocalFs::new(&blobs)),
-        cache,
-        FetchOptions::default(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let unique = chain.image().blobs[0].chunks.len() as i64;
     // A bandwidth cap of 64 MiB/s still lets the 6.6 MB image finish well within the wait.
     let opts = MountOptions {
         prefetch_all: true,
         prefetch_bandwidth: 64 << 20,
         ..MountOptions::default()
     };
-    let mount = ImageMount::mount(&mnt, chain, &opts).unwrap();
+    let m = mount_in_process_with(&boot, &blobs, FetchOptions::default(), opts);
+    let (mount, metrics) = (&m.mount, &m.metrics);
+    let unique = mount.chain().image().blobs[0].chunks.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(20);
     while (metrics.prefetch_chunks_done.get() as i64) < unique {
         assert!(
