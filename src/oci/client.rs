@@ -5,6 +5,7 @@
 //! what was tried. Content fetched by digest is checked against it.
 
 use super::auth::{repo_scope, Credentials};
+use super::stream::BlobStream;
 use super::transport::{check, describe, ClientStats, Failure, Req, Transport};
 use super::{sha256_digest, OciError, Reference};
 use reqwest::blocking::Response;
@@ -230,15 +231,11 @@ impl Client {
     /// A blob as a stream that resumes with a ranged GET where a broken connection left
     /// off. `size` is the blob's size from its descriptor; the stream ends there.
     pub fn blob_stream<'a>(&'a self, repo: &str, digest: &str, size: u64) -> BlobStream<'a> {
-        BlobStream {
-            client: self,
-            repo: repo.to_string(),
-            digest: digest.to_string(),
-            size,
-            pos: 0,
-            resp: None,
-            stalls: 0,
-        }
+        BlobStream::new(self, repo, digest, size)
+    }
+
+    pub(super) fn transport(&self) -> &Transport {
+        &self.t
     }
 
     /// The blob's size if the repository has it.
@@ -361,7 +358,7 @@ impl Client {
     }
 }
 
-fn get(url: String, scope: &str) -> Req<'_> {
+pub(super) fn get(url: String, scope: &str) -> Req<'_> {
     Req {
         method: Method::GET,
         url,
@@ -377,7 +374,7 @@ pub fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn content_range_start(resp: &Response) -> Option<u64> {
+pub(super) fn content_range_start(resp: &Response) -> Option<u64> {
     let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
     let range = v.trim().strip_prefix("bytes")?.trim();
     range.split('-').next()?.trim().parse().ok()
@@ -454,7 +451,7 @@ fn read_all(
 }
 
 /// Discards `n` bytes of a body.
-fn skip(resp: &mut Response, n: u64, op: &str) -> Result<(), Failure> {
+pub(super) fn skip(resp: &mut Response, n: u64, op: &str) -> Result<(), Failure> {
     let copied = std::io::copy(&mut resp.take(n), &mut std::io::sink())
         .map_err(|e| Failure::Transient(format!("{op}: {}", io_detail(&e))))?;
     if copied < n {
@@ -466,7 +463,7 @@ fn skip(resp: &mut Response, n: u64, op: &str) -> Result<(), Failure> {
 }
 
 /// An I/O error from a reqwest body, described without a URL.
-fn io_detail(e: &std::io::Error) -> String {
+pub(super) fn io_detail(e: &std::io::Error) -> String {
     if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()) {
         return describe(r);
     }
@@ -507,104 +504,4 @@ fn absolute(base: &str, loc: &str) -> String {
 fn with_digest(location: &str, digest: &str) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={digest}")
-}
-
-/// A blob read front to back, resuming after breaks (see [`Client::blob_stream`]).
-pub struct BlobStream<'a> {
-    client: &'a Client,
-    repo: String,
-    digest: String,
-    size: u64,
-    pos: u64,
-    resp: Option<Response>,
-    /// Breaks since the last byte that arrived.
-    stalls: u32,
-}
-
-impl BlobStream<'_> {
-    fn open(&mut self) -> std::io::Result<Response> {
-        let t = &self.client.t;
-        let op = format!(
-            "GET blob {}/{}@{} from byte {}",
-            t.host,
-            self.repo,
-            short(&self.digest),
-            self.pos
-        );
-        let scope = repo_scope(&self.repo, false);
-        let (pos, size) = (self.pos, self.size);
-        let url = format!("/v2/{}/blobs/{}", self.repo, self.digest);
-        t.retrying(&op, |_| {
-            let mut req = get(url.clone(), &scope);
-            req.headers
-                .push(("range", format!("bytes={pos}-{}", size - 1)));
-            let mut resp = check(t.send(&req, None)?, &op)?;
-            if resp.status() == StatusCode::PARTIAL_CONTENT {
-                if content_range_start(&resp) != Some(pos) {
-                    return Err(Failure::Transient("the answer starts elsewhere".into()));
-                }
-            } else {
-                skip(&mut resp, pos, &op)?;
-            }
-            Ok(resp)
-        })
-        .map_err(std::io::Error::from)
-    }
-
-    fn broke(&mut self, why: String) -> std::io::Result<()> {
-        self.resp = None;
-        self.stalls += 1;
-        let t = &self.client.t;
-        if self.stalls > t.opts.retries {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "GET blob {}/{}@{}: {why} at byte {} of {} ({} breaks without progress)",
-                    t.host,
-                    self.repo,
-                    short(&self.digest),
-                    self.pos,
-                    self.size,
-                    self.stalls
-                ),
-            ));
-        }
-        t.counters
-            .retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(repo = %self.repo, pos = self.pos, error = %why, "blob stream broke; resuming");
-        std::thread::sleep(t.opts.backoff * self.stalls);
-        Ok(())
-    }
-}
-
-impl Read for BlobStream<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.pos >= self.size || buf.is_empty() {
-                return Ok(0);
-            }
-            if self.resp.is_none() {
-                self.resp = Some(self.open()?);
-            }
-            let want = buf.len().min((self.size - self.pos) as usize);
-            let r = self.resp.as_mut().map(|r| r.read(&mut buf[..want]));
-            match r {
-                Some(Ok(0)) => self.broke("the body ended early".into())?,
-                Some(Ok(n)) => {
-                    self.pos += n as u64;
-                    self.stalls = 0;
-                    self.client
-                        .t
-                        .counters
-                        .bytes_in
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(n);
-                }
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Some(Err(e)) => self.broke(io_detail(&e))?,
-                None => unreachable!("opened above"),
-            }
-        }
-    }
 }

@@ -15,6 +15,7 @@ mod convert_push;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
+mod stream;
 mod transport;
 
 pub use client::{Client, RegistryOptions};

@@ -5,6 +5,7 @@
 //! stops in `Drop`. A missing tool is a failure, not a skip.
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod proxy;
 pub mod token;
 
