@@ -11,7 +11,7 @@
 
 use super::client::{short, Client};
 use super::convert_push::{push_image, PushedImage};
-use super::manifest::{image_entries, select_platform, Document, PlatformSpec};
+use super::manifest::{image_entries, nydus_entries, select_platform, Document, PlatformSpec};
 use super::{OciError, Reference};
 use crate::backend::BlobUpload;
 use crate::build::overlay::overlay;
@@ -174,9 +174,15 @@ pub fn convert(
             )
         }
         Document::Index(index) => {
+            let nydus = nydus_entries(&top.bytes);
+            let plain = |d: &Descriptor| !nydus.contains(d.digest().as_ref());
             let picked: Vec<&Descriptor> = match &opts.platforms {
-                Platforms::One(p) => vec![select_platform(&index, p)?],
-                Platforms::All => image_entries(&index),
+                Platforms::One(p) => vec![select_platform(&index, p, plain)?],
+                // A merged index's Nydus entries are not converted again.
+                Platforms::All => image_entries(&index)
+                    .into_iter()
+                    .filter(|d| plain(d))
+                    .collect(),
             };
             if picked.is_empty() {
                 return Err(OciError::Unsupported(format!(

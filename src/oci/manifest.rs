@@ -140,16 +140,49 @@ impl std::fmt::Display for PlatformSpec {
     }
 }
 
-/// The index entry for `want`; attestation and other non-image entries are skipped.
+/// What an index entry of a Nydus image carries (nydusify's merged indexes list the OCI
+/// and the Nydus manifest of a platform side by side).
+pub const NYDUS_OS_FEATURE: &str = "nydus.remoteimage.v1";
+pub const NYDUS_ARTIFACT_TYPE: &str = "application/vnd.nydus.image.manifest.v1+json";
+
+/// The digests of the index entries marked as Nydus images (platform `os.features` with
+/// [`NYDUS_OS_FEATURE`], or [`NYDUS_ARTIFACT_TYPE`]). Read from the raw JSON: oci-spec
+/// 0.10 names the field `os_features` and so drops `os.features`.
+pub fn nydus_entries(raw_index: &[u8]) -> std::collections::HashSet<String> {
+    let v: serde_json::Value = serde_json::from_slice(raw_index).unwrap_or_default();
+    v.get("manifests")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            let feature = d
+                .pointer("/platform/os.features")
+                .and_then(|f| f.as_array())
+                .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(NYDUS_OS_FEATURE)));
+            feature || d.get("artifactType").and_then(|a| a.as_str()) == Some(NYDUS_ARTIFACT_TYPE)
+        })
+        .filter_map(|d| d.get("digest")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The index entry for `want`; attestation and other non-image entries are skipped. When
+/// the platform has several, the first that `prefer` likes wins.
 pub fn select_platform<'a>(
     index: &'a ImageIndex,
     want: &PlatformSpec,
+    prefer: impl Fn(&Descriptor) -> bool,
 ) -> Result<&'a Descriptor, OciError> {
     let images = image_entries(index);
-    images
+    let matching: Vec<&Descriptor> = images
         .iter()
         .copied()
-        .find(|d| d.platform().as_ref().is_some_and(|p| want.matches(p)))
+        .filter(|d| d.platform().as_ref().is_some_and(|p| want.matches(p)))
+        .collect();
+    matching
+        .iter()
+        .copied()
+        .find(|d| prefer(d))
+        .or_else(|| matching.first().copied())
         .ok_or_else(|| {
             let have: Vec<String> = images
                 .iter()
@@ -241,12 +274,44 @@ mod tests {
                "platform": {"os": "unknown", "architecture": "unknown"}}]}"#,
         )
         .unwrap();
-        let amd = select_platform(&index, &PlatformSpec::parse("linux/amd64").unwrap()).unwrap();
+        let amd = select_platform(&index, &PlatformSpec::parse("linux/amd64").unwrap(), |_| {
+            true
+        })
+        .unwrap();
         assert!(amd.digest().to_string().ends_with("2222"));
-        let arm = select_platform(&index, &PlatformSpec::parse("linux/arm64").unwrap()).unwrap();
+        let arm = select_platform(&index, &PlatformSpec::parse("linux/arm64").unwrap(), |_| {
+            true
+        })
+        .unwrap();
         assert!(arm.digest().to_string().ends_with("1111"));
-        let e = select_platform(&index, &PlatformSpec::parse("linux/s390x").unwrap()).unwrap_err();
+        let e = select_platform(&index, &PlatformSpec::parse("linux/s390x").unwrap(), |_| {
+            true
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("linux/arm64/v8, linux/amd64"), "{e}");
         assert_eq!(image_entries(&index).len(), 2);
+    }
+
+    #[test]
+    fn merged_indexes_pick_by_kind() {
+        let raw = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "1".repeat(64)),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "2".repeat(64)),
+             "platform": {"os": "linux", "architecture": "amd64", "os.features": [NYDUS_OS_FEATURE]}},
+            {"mediaType": OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "3".repeat(64)),
+             "artifactType": NYDUS_ARTIFACT_TYPE,
+             "platform": {"os": "linux", "architecture": "arm64"}}]}))
+        .unwrap();
+        let index: ImageIndex = serde_json::from_slice(&raw).unwrap();
+        let marked = nydus_entries(&raw);
+        assert_eq!(marked.len(), 2, "{marked:?}");
+        let amd = PlatformSpec::parse("linux/amd64").unwrap();
+        let nydus =
+            select_platform(&index, &amd, |d| marked.contains(d.digest().as_ref())).unwrap();
+        assert!(nydus.digest().to_string().ends_with("2222"));
+        let plain =
+            select_platform(&index, &amd, |d| !marked.contains(d.digest().as_ref())).unwrap();
+        assert!(plain.digest().to_string().ends_with("1111"));
     }
 }

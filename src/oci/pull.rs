@@ -24,7 +24,8 @@ pub fn resolve(
     match Document::parse(&f)? {
         Document::Manifest(m) => Ok((*m, f.digest)),
         Document::Index(index) => {
-            let d = select_platform(&index, platform)?;
+            let nydus = super::manifest::nydus_entries(&f.bytes);
+            let d = select_platform(&index, platform, |d| nydus.contains(d.digest().as_ref()))?;
             let digest = d.digest().to_string();
             let f = client.get_manifest(&reference.repository, &digest)?;
             match Document::parse(&f)? {
