@@ -429,3 +429,39 @@ fn prefetch_list_from_stdin_leads_the_blob() {
     );
     nydus_check(&boot, &blobs);
 }
+
+/// Layers made by `umoci insert` (ENVIRONMENT.md's recipe) name the root `/` and may end
+/// without the last entry's padding: both build.
+#[test]
+fn umoci_layers_build() {
+    let work = tempfile::tempdir().unwrap();
+    let w = |p: &str| work.path().join(p);
+    std::fs::create_dir_all(w("src/sub")).unwrap();
+    std::fs::write(w("src/sub/a"), b"hello\n").unwrap();
+    std::os::unix::fs::symlink("a", w("src/sub/l")).unwrap();
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("umoci")
+            .args(args)
+            .current_dir(work.path())
+            .status()
+            .expect("umoci (scripts/test.sh installs it)");
+        assert!(st.success(), "umoci {args:?}");
+    };
+    run(&["init", "--layout", "L"]);
+    run(&["new", "--image", "L:t"]);
+    run(&["insert", "--image", "L:t", "src", "/"]);
+    let layer = std::fs::read_dir(w("L/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+        .expect("a gzipped layer");
+    create(&layer, &w("u.boot"), &w("blobs"), &[]);
+    assert_eq!(
+        layer_view(&w("u.boot"), &w("blobs")),
+        vec![
+            ("sub".into(), String::new()),
+            ("sub/a".into(), sha256_hex(b"hello\n")),
+            ("sub/l".into(), "a".into())
+        ]
+    );
+}

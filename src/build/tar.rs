@@ -63,12 +63,24 @@ impl<R: Read> Source for TarSource<R> {
         let entries = archive
             .entries()
             .map_err(|e| bad(&self.name, e.to_string()))?;
+        let mut seen = 0u64;
         for entry in entries {
-            let mut entry = entry.map_err(|e| bad(&self.name, format!("unreadable entry: {e}")))?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci) end the stream without the last entry's padding: every
+                // entry has been read whole by then, so that is the end, not a truncation.
+                Err(e) if seen > 0 && e.to_string() == "unexpected EOF during skip" => {
+                    tracing::debug!(tar = %self.name, "tar ends without its final padding");
+                    break;
+                }
+                Err(e) => return Err(bad(&self.name, format!("unreadable entry: {e}"))),
+            };
+            seen += 1;
             let raw_path = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw_path).into_owned();
             let path = clean_path(&raw_path).map_err(|d| bad(&shown, d))?;
-            if raw_path.starts_with(b"/") {
+            // `/` itself is the root (umoci writes it so); any other absolute path is refused.
+            if raw_path.starts_with(b"/") && !path.is_empty() {
                 return Err(bad(&shown, "absolute path".into()));
             }
             let (xattrs, pax_mtime) = pax_fields(&mut entry).map_err(|e| bad(&shown, e))?;
