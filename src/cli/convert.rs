@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 pub enum BlobDestination {
     /// The target registry, as layers of the new manifest.
     Registry,
+    /// An S3 bucket (`--s3-config`); the manifest then lists only the bootstrap layer.
+    S3,
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +50,10 @@ pub struct ConvertArgs {
     /// Where data blobs go; the bootstrap and manifest always go to the target registry.
     #[arg(long, value_enum, default_value = "registry")]
     pub backend: BlobDestination,
+    /// With `--backend s3`: the bucket's settings (JSON or TOML, S3 fields or a whole nydusd
+    /// config with an s3 backend); credentials may also come from the AWS environment.
+    #[arg(long, required_if_eq("backend", "s3"))]
+    pub s3_config: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +72,14 @@ fn blob_upload(
             dst.clone(),
             target.repository.clone(),
         ))),
+        BlobDestination::S3 => {
+            let path = args
+                .s3_config
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--backend s3 needs --s3-config"))?;
+            let cfg = crate::backend::s3::S3Config::from_file(path)?;
+            Ok(Box::new(crate::backend::s3::S3Backend::new(&cfg)?))
+        }
     }
 }
 

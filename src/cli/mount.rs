@@ -24,10 +24,14 @@ pub struct MountArgs {
     #[arg(
         long,
         short = 'D',
-        required_unless_present = "image",
-        conflicts_with = "image"
+        required_unless_present_any = ["image", "s3_config"],
+        conflicts_with_all = ["image", "s3_config"]
     )]
     pub blob_dir: Option<PathBuf>,
+    /// Read the blobs from S3 instead (JSON or TOML: S3 fields, or a whole nydusd config with
+    /// an s3 backend); with `--image`, the bootstrap still comes from the registry.
+    #[arg(long)]
+    pub s3_config: Option<PathBuf>,
     /// A Nydus image in a registry (REGISTRY/REPO[:TAG|@DIGEST]): its bootstrap is fetched
     /// and its blobs are read from the registry by range, on demand.
     #[arg(long)]
@@ -120,6 +124,15 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
     // The chunk store opens (tens of ms cold) while the image's bootstrap comes from the
     // registry.
     let opening = std::thread::spawn(move || open_cache(&cache_dir, &store));
+    let s3 = match &args.s3_config {
+        Some(path) => {
+            let cfg = crate::backend::s3::S3Config::from_file(path)?;
+            let backend: Arc<dyn crate::backend::BlobBackend> =
+                Arc::new(crate::backend::s3::S3Backend::new(&cfg)?);
+            Some(backend)
+        }
+        None => None,
+    };
     let (bootstrap, origin, _pulled) = match (&args.image, &args.bootstrap, &args.blob_dir) {
         (Some(image), _, _) => {
             let o = super::registry::open_image_origin(
@@ -127,8 +140,10 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
                 args.platform.as_deref(),
                 &args.registry,
             )?;
-            (o.bootstrap.clone(), o.backend.clone(), Some(o))
+            let origin = s3.clone().unwrap_or_else(|| o.backend.clone());
+            (o.bootstrap.clone(), origin, Some(o))
         }
+        (None, Some(b), None) if s3.is_some() => (b.clone(), s3.clone().expect("checked"), None),
         (None, Some(b), Some(d)) => {
             let local: Arc<dyn crate::backend::BlobBackend> = Arc::new(LocalFs::new(d));
             (b.clone(), local, None)
