@@ -2,7 +2,6 @@
 //! SigV4), only the bootstrap layer and manifest to the registry; `warren mount --image
 //! --s3-config` then reads the bootstrap from the registry and the data from S3, lazily.
 
-#[allow(dead_code)]
 mod registry_support;
 #[allow(dead_code)]
 mod s3_support;

@@ -63,8 +63,7 @@ impl<R: Read> Source for TarSource<R> {
         let entries = archive
             .entries()
             .map_err(|e| bad(&self.name, e.to_string()))?;
-        let mut seen = 0u64;
-        for entry in entries {
+        for (seen, entry) in entries.enumerate() {
             let mut entry = match entry {
                 Ok(e) => e,
                 // Some writers (umoci) end the stream without the last entry's padding: every
@@ -75,7 +74,6 @@ impl<R: Read> Source for TarSource<R> {
                 }
                 Err(e) => return Err(bad(&self.name, format!("unreadable entry: {e}"))),
             };
-            seen += 1;
             let raw_path = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw_path).into_owned();
             let path = clean_path(&raw_path).map_err(|d| bad(&shown, d))?;
