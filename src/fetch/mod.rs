@@ -289,12 +289,24 @@ impl FetchChain {
             {
                 continue;
             }
-            if let Some(data) = self.cached(c) {
+            if let Some(data) = self.from_memory(&digest) {
                 found.insert(digest, Ok(data));
                 continue;
             }
             match self.inflight.claim(digest) {
-                Claim::Owner(slot) => owned.push((c, slot)),
+                Claim::Owner(slot) => {
+                    // Only the claim's owner reads the store, so concurrent readers make one
+                    // store read too. Another reader may have fetched the chunk between our
+                    // memory miss and the claim (it caches before letting go): look again.
+                    let local = self.from_memory(&digest).or_else(|| self.from_store(c));
+                    match local {
+                        Some(data) => {
+                            self.inflight.finish(&digest, &slot, Ok(data.clone()));
+                            found.insert(digest, Ok(data));
+                        }
+                        None => owned.push((c, slot)),
+                    }
+                }
                 Claim::Waiter(slot) => waiting.push((digest, slot)),
             }
         }
@@ -311,18 +323,19 @@ impl FetchChain {
             .collect()
     }
 
-    fn cached(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
-        let info = self.info(c);
-        if let Some(data) = self
+    fn from_memory(&self, digest: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
+        let data = self
             .hot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&info.digest)
-        {
-            // A memory hit is not a fetch: the traffic split counts where chunks came from.
-            self.metrics.memory_hits.inc();
-            return Some(data);
-        }
+            .get(digest)?;
+        // A memory hit is not a fetch: the traffic split counts where chunks came from.
+        self.metrics.memory_hits.inc();
+        Some(data)
+    }
+
+    fn from_store(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
+        let info = self.info(c);
         let data = match self.cache.get(&self.key(info.digest)) {
             Lookup::Hit(data) => data,
             Lookup::Miss => return None,
@@ -419,6 +432,7 @@ impl FetchChain {
         };
         self.metrics
             .record_fetch(ChunkSource::Origin, data.len() as u64);
+        eprintln!("DBGFETCH {} {}", info.digest, data.len());
         let data = Arc::new(data);
         self.hot_put(info.digest, &data);
         self.cache.put(&self.key(info.digest), &data);
