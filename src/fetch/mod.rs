@@ -432,7 +432,6 @@ impl FetchChain {
         };
         self.metrics
             .record_fetch(ChunkSource::Origin, data.len() as u64);
-        eprintln!("DBGFETCH {} {}", info.digest, data.len());
         let data = Arc::new(data);
         self.hot_put(info.digest, &data);
         self.cache.put(&self.key(info.digest), &data);
