@@ -48,7 +48,8 @@ fn spawn_mount(boot: &Path, blobs: &Path, mountpoint: &Path, cache: &Path) -> Ch
         .arg("--cache-dir")
         .arg(cache)
         .arg(mountpoint)
-        .stderr(Stdio::piped())
+        // Not a pipe nobody reads: a chatty mount would block on a full pipe.
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("starting warren mount")
 }
