@@ -94,18 +94,6 @@ impl RafsFs {
         }
     }
 
-    /// `.`, `..` and the children, each with the offset of the next one.
-    fn dir_entries(&self, id: InodeId) -> io::Result<Vec<(Vec<u8>, InodeId)>> {
-        let node = &self.image().inodes[id];
-        if !node.is_dir() {
-            return Err(errno(libc::ENOTDIR));
-        }
-        let parent = self.parents[id];
-        let mut out = vec![(b".".to_vec(), id), (b"..".to_vec(), parent)];
-        out.extend(node.children().iter().map(|c| (c.name.clone(), c.inode)));
-        Ok(out)
-    }
-
     /// Hands the entries of directory `inode` from position `offset` on to `add` (with the
     /// child's inode id and position) until it reports a full buffer by returning 0.
     fn each_dirent(
@@ -114,21 +102,27 @@ impl RafsFs {
         offset: u64,
         add: &mut dyn FnMut(DirEntry, InodeId, usize) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let (id, _) = self.inode(inode)?;
-        for (i, (name, child)) in self
-            .dir_entries(id)?
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let mode = self.image().inodes[*child].mode;
+        let (id, node) = self.inode(inode)?;
+        if !node.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        // Positions: 0 is `.`, 1 is `..`, then the children in name order; nothing is
+        // copied, so paging through a large directory stays linear.
+        let kids = node.children();
+        for i in offset as usize..kids.len() + 2 {
+            let (name, child): (&[u8], InodeId) = match i {
+                0 => (b".", id),
+                1 => (b"..", self.parents[id]),
+                _ => (&kids[i - 2].name, kids[i - 2].inode),
+            };
+            let mode = self.image().inodes[child].mode;
             let e = DirEntry {
-                ino: *child as u64 + 1,
+                ino: child as u64 + 1,
                 offset: i as u64 + 1,
                 type_: dirent_type(mode),
                 name,
             };
-            if add(e, *child, i)? == 0 {
+            if add(e, child, i)? == 0 {
                 break;
             }
         }

@@ -98,8 +98,34 @@ thread_local! {
     static STARTED: Cell<Option<(Instant, u32)>> = const { Cell::new(None) };
 }
 
-/// Per-operation counts and latency, around every request a worker handles.
-struct OpMetrics(Arc<Metrics>);
+/// Per-operation counts and latency, around every request a worker handles. The labelled
+/// series are looked up once, not on every request.
+struct OpMetrics {
+    by_opcode: Vec<(
+        prometheus::IntCounter,
+        prometheus::IntCounter,
+        prometheus::Histogram,
+    )>,
+}
+
+/// Opcodes below this get their own slot; the rest share the last one ("other").
+const OPCODES: u32 = 64;
+
+impl OpMetrics {
+    fn new(m: &Metrics) -> Self {
+        let by_opcode = (0..=OPCODES)
+            .map(|op| {
+                let name = opcodes::name(op);
+                (
+                    m.fuse_ops.with_label_values(&[name]),
+                    m.fuse_errors.with_label_values(&[name]),
+                    m.fuse_op_seconds.with_label_values(&[name]),
+                )
+            })
+            .collect();
+        OpMetrics { by_opcode }
+    }
+}
 
 impl MetricsHook for OpMetrics {
     fn collect(&self, ih: &InHeader) {
@@ -108,14 +134,11 @@ impl MetricsHook for OpMetrics {
 
     fn release(&self, oh: Option<&OutHeader>) {
         if let Some((t, op)) = STARTED.with(|s| s.take()) {
-            let name = opcodes::name(op);
-            self.0.fuse_ops.with_label_values(&[name]).inc();
-            self.0
-                .fuse_op_seconds
-                .with_label_values(&[name])
-                .observe(t.elapsed().as_secs_f64());
+            let (count, errors, seconds) = &self.by_opcode[op.min(OPCODES) as usize];
+            count.inc();
+            seconds.observe(t.elapsed().as_secs_f64());
             if oh.is_some_and(|h| h.error != 0) {
-                self.0.fuse_errors.with_label_values(&[name]).inc();
+                errors.inc();
             }
         }
     }
@@ -172,7 +195,7 @@ impl ImageMount {
                 .new_channel()
                 .map_err(|e| MountError::Fuse(e.to_string()))?;
             let server = server.clone();
-            let hook = OpMetrics(chain.metrics().clone());
+            let hook = OpMetrics::new(chain.metrics());
             let worker = std::thread::Builder::new()
                 .name(format!("warren-fuse-{i}"))
                 .spawn(move || {
