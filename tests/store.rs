@@ -2,26 +2,17 @@
 //! chunks, repair of what a crash leaves, corruption, verify and gc, compression, a full
 //! disk (a 2 MiB tmpfs; needs root) and a second opener.
 
+mod common;
+mod store_support;
+
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use store_support::{noise, Tmpfs};
 use warren::rafs::image::ChunkDigest;
 use warren::rafs::Digester;
 use warren::store::{ChunkKey, Lookup, Store, StoreCompression, StoreError, StoreOptions};
-
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Bytes that compress well.
 fn text(seed: u64, len: usize) -> Vec<u8> {
@@ -286,28 +277,6 @@ fn a_second_writer_is_refused_but_readers_may_look() {
     assert_eq!(ro.stats().quota_bytes, 64 << 20);
     assert_eq!(hit(&ro, &k), d);
     assert!(matches!(ro.insert(&k, &d), Err(StoreError::ReadOnly(_))));
-}
-
-/// A tmpfs of `size`, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount -t tmpfs (needs root)");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
 }
 
 #[test]
