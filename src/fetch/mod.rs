@@ -289,7 +289,7 @@ impl FetchChain {
             {
                 continue;
             }
-            if let Some(data) = self.from_memory(&digest) {
+            if let Some(data) = self.in_memory(&digest) {
                 found.insert(digest, Ok(data));
                 continue;
             }
@@ -298,7 +298,7 @@ impl FetchChain {
                     // Only the claim's owner reads the store, so concurrent readers make one
                     // store read too. Another reader may have fetched the chunk between our
                     // memory miss and the claim (it caches before letting go): look again.
-                    let local = self.from_memory(&digest).or_else(|| self.from_store(c));
+                    let local = self.in_memory(&digest).or_else(|| self.in_store(c));
                     match local {
                         Some(data) => {
                             self.inflight.finish(&digest, &slot, Ok(data.clone()));
@@ -323,7 +323,7 @@ impl FetchChain {
             .collect()
     }
 
-    fn from_memory(&self, digest: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
+    fn in_memory(&self, digest: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
         let data = self
             .hot
             .lock()
@@ -334,7 +334,7 @@ impl FetchChain {
         Some(data)
     }
 
-    fn from_store(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
+    fn in_store(&self, c: ChunkRef) -> Option<Arc<Vec<u8>>> {
         let info = self.info(c);
         let data = match self.cache.get(&self.key(info.digest)) {
             Lookup::Hit(data) => data,
