@@ -7,7 +7,6 @@ mod store_support;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use store_support::{noise, Tmpfs};
 use warren::rafs::image::ChunkDigest;
