@@ -5,8 +5,9 @@
 //! what was tried. Content fetched by digest is checked against it.
 
 use super::auth::{repo_scope, Credentials};
+use super::status::check;
 use super::stream::BlobStream;
-use super::transport::{check, describe, ClientStats, Failure, Req, Transport};
+use super::transport::{describe, ClientStats, Failure, Req, Transport};
 use super::{sha256_digest, OciError, Reference};
 use reqwest::blocking::Response;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, LOCATION};

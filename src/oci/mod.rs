@@ -15,6 +15,7 @@ mod convert_push;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
+mod status;
 mod stream;
 mod transport;
 

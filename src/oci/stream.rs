@@ -4,7 +4,8 @@
 
 use super::auth::repo_scope;
 use super::client::{content_range_start, get, io_detail, short, skip, Client};
-use super::transport::{check, Failure};
+use super::status::check;
+use super::transport::Failure;
 use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use std::io::Read;
