@@ -1,0 +1,92 @@
+//! The mesh's settings: a plain serde struct with named defaults (the node's `[peer]`
+//! config section).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of one node's part in the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Address of both peer listeners: libp2p membership on TCP and chunk transfer on
+    /// UDP (QUIC), same port.
+    pub listen: SocketAddr,
+    /// The address other members reach this node at; `listen` when unset (set it when
+    /// listening on 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    /// Where to find the cluster: `host:port` entries, resolved again every
+    /// `resolve_interval_ms`; a DNS name with several addresses (a Kubernetes headless
+    /// service) gives every one of them.
+    pub seeds: Vec<String>,
+    /// The shared cluster secret (at least 16 bytes); prefer `cluster_secret_file`.
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (trailing whitespace ignored).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Owners per chunk: the members asked before the origin, in rendezvous order.
+    pub replication: usize,
+    /// How long an owner may take to accept a request before the next owner (or the
+    /// origin) is tried (milliseconds).
+    pub hedge_ms: u64,
+    /// Longest wait for an accepted request's chunks (milliseconds); an owner may be
+    /// fetching them from a slow origin meanwhile.
+    pub request_timeout_ms: u64,
+    /// Interval of this node's membership heartbeats (milliseconds).
+    pub heartbeat_ms: u64,
+    /// A member not heard from for this long is dropped (milliseconds).
+    pub member_timeout_ms: u64,
+    /// Interval of seed resolution and redialing (milliseconds).
+    pub resolve_interval_ms: u64,
+    /// How long a peer that served a wrong chunk is shunned (seconds).
+    pub bad_peer_secs: u64,
+    /// How long a peer that failed to answer is skipped (milliseconds).
+    pub down_peer_ms: u64,
+    /// Bytes per second this node serves to any one peer; 0 means no limit.
+    pub serve_bytes_per_sec: u64,
+    /// Chunk requests served at once per peer; more get "busy" and go elsewhere.
+    pub serve_concurrency: usize,
+    /// Most chunks asked in one request.
+    pub max_batch: usize,
+}
+
+pub const DEFAULT_PORT: u16 = 7170;
+pub const DEFAULT_REPLICATION: usize = 2;
+pub const DEFAULT_HEDGE_MS: u64 = 50;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+pub const DEFAULT_MEMBER_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_RESOLVE_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_BAD_PEER_SECS: u64 = 60;
+pub const DEFAULT_DOWN_PEER_MS: u64 = 2_000;
+pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            advertise: None,
+            seeds: Vec::new(),
+            cluster_secret: None,
+            cluster_secret_file: None,
+            replication: DEFAULT_REPLICATION,
+            hedge_ms: DEFAULT_HEDGE_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            member_timeout_ms: DEFAULT_MEMBER_TIMEOUT_MS,
+            resolve_interval_ms: DEFAULT_RESOLVE_INTERVAL_MS,
+            bad_peer_secs: DEFAULT_BAD_PEER_SECS,
+            down_peer_ms: DEFAULT_DOWN_PEER_MS,
+            serve_bytes_per_sec: 0,
+            serve_concurrency: DEFAULT_SERVE_CONCURRENCY,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// The address members reach this node at.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+}

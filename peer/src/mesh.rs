@@ -1,0 +1,232 @@
+//! The mesh as the node sees it: start it with a [`ChunkProvider`], ask it for chunks
+//! from blocking code, read its members and figures.
+
+use crate::chunk::ChunkWant;
+use crate::config::MeshConfig;
+use crate::health::{PeerHealth, ServeLimits};
+use crate::membership::{self, Member, MemberTable};
+use crate::routing::{RendezvousRouter, Router};
+use crate::stats::{MeshStats, MeshStatsSnapshot};
+use crate::transfer::client::Client;
+use crate::transfer::server::{self, ServeContext};
+use crate::transfer::{Answer, ChunkProvider};
+use crate::trust::{ClusterTrust, TrustError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Environment variable of the lying-member test hook: when set to `1`, the node serves
+/// every chunk with a flipped byte. Only the mesh tests set it.
+pub const FAULT_CORRUPT_ENV: &str = "WARREN_PEER_FAULT_CORRUPT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("the peer mesh needs a cluster secret: set `cluster_secret_file` (or `cluster_secret`)")]
+    NoSecret,
+    #[error("reading the cluster secret from {path}: {source}")]
+    SecretFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("starting the mesh's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("listening for chunk transfers on udp {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
+}
+
+/// One node's part in the mesh. Dropping it leaves the cluster.
+pub struct Mesh {
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    table: Arc<MemberTable>,
+    router: Box<dyn Router>,
+    client: Arc<Client>,
+    stats: Arc<MeshStats>,
+    replication: usize,
+    max_batch: usize,
+}
+
+fn secret(cfg: &MeshConfig) -> Result<Vec<u8>, MeshError> {
+    if let Some(path) = &cfg.cluster_secret_file {
+        let text = std::fs::read(path).map_err(|source| MeshError::SecretFile {
+            path: path.clone(),
+            source,
+        })?;
+        let end = text
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        return Ok(text[..end].to_vec());
+    }
+    cfg.cluster_secret
+        .as_ref()
+        .map(|s| s.as_bytes().to_vec())
+        .ok_or(MeshError::NoSecret)
+}
+
+impl Mesh {
+    /// Joins the cluster: listens on `cfg.listen` (TCP for membership, UDP for
+    /// transfers) and starts finding members from the seeds.
+    pub fn start(
+        cfg: &MeshConfig,
+        node_name: &str,
+        provider: Arc<dyn ChunkProvider>,
+    ) -> Result<Mesh, MeshError> {
+        let trust = ClusterTrust::from_secret(&secret(cfg)?)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("warren-peer")
+            .enable_all()
+            .build()
+            .map_err(MeshError::Runtime)?;
+        let stats = Arc::new(MeshStats::default());
+        let health = Arc::new(PeerHealth::new(
+            Duration::from_secs(cfg.bad_peer_secs),
+            Duration::from_millis(cfg.down_peer_ms),
+        ));
+        let me = Member::new(cfg.advertised(), node_name.to_string());
+        let table = MemberTable::new(me, Duration::from_millis(cfg.member_timeout_ms.max(100)));
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let client = runtime.block_on(async {
+            let mut endpoint = quinn::Endpoint::server(trust.quic_server()?, cfg.listen)
+                .map_err(|source| MeshError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+            endpoint.set_default_client_config(trust.quic_client()?);
+            let ctx = ServeContext::new(
+                provider,
+                ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
+                stats.clone(),
+                std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
+            );
+            tokio::spawn(server::serve(endpoint.clone(), ctx));
+            membership::start(cfg, trust.psk(), table.clone(), shutdown_rx).await?;
+            Ok::<_, MeshError>(Client::new(
+                endpoint,
+                health,
+                stats.clone(),
+                Duration::from_millis(cfg.hedge_ms.max(1)),
+                Duration::from_millis(cfg.request_timeout_ms.max(1)),
+            ))
+        })?;
+        tracing::info!(listen = %cfg.listen, advertise = %cfg.advertised(), "joined the peer mesh");
+        Ok(Mesh {
+            runtime: Some(runtime),
+            shutdown,
+            table,
+            router: Box::new(RendezvousRouter),
+            client: Arc::new(client),
+            stats,
+            replication: cfg.replication.max(1),
+            max_batch: cfg.max_batch.clamp(1, crate::wire::MAX_BATCH),
+        })
+    }
+
+    /// The live members, this node included.
+    pub fn members(&self) -> Vec<Member> {
+        self.table.live()
+    }
+
+    /// This node as a member.
+    pub fn me(&self) -> &Member {
+        self.table.me()
+    }
+
+    /// Peers shunned right now for serving bad chunks.
+    pub fn bad_peers(&self) -> Vec<SocketAddr> {
+        self.client.health.bad_peers()
+    }
+
+    pub fn stats(&self) -> MeshStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Each wanted chunk from its owners, verified; `None` where the node should go to
+    /// the origin itself (it is the owner, or the owners failed, were slow, or lied).
+    /// Blocks; call it from plain threads, never from inside an async runtime.
+    pub fn fetch(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {
+        let Some(rt) = &self.runtime else {
+            return vec![None; wants.len()];
+        };
+        rt.block_on(self.fetch_async(wants))
+    }
+
+    async fn fetch_async(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {
+        let mut results: Vec<Option<Arc<Vec<u8>>>> = vec![None; wants.len()];
+        let members = self.table.live();
+        if members.len() < 2 {
+            return results;
+        }
+        let me = self.table.me().key.clone();
+        let owners: Vec<Vec<Member>> = wants
+            .iter()
+            .map(|w| self.router.owners(&w.id, &members, self.replication))
+            .collect();
+        // Each chunk walks down its owner list: asked of the next usable owner until one
+        // answers, or this node itself is next (then it fetches from the origin).
+        let mut next = vec![0usize; wants.len()];
+        let mut open: Vec<usize> = (0..wants.len()).collect();
+        while !open.is_empty() {
+            let mut asks: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+            for &i in &open {
+                while let Some(owner) = owners[i].get(next[i]) {
+                    if owner.key == me {
+                        next[i] = usize::MAX;
+                        break;
+                    }
+                    if self.client.health.usable(owner.quic) {
+                        asks.entry(owner.quic).or_default().push(i);
+                        break;
+                    }
+                    next[i] += 1;
+                }
+            }
+            if asks.is_empty() {
+                break;
+            }
+            let mut calls = Vec::new();
+            for (peer, idx) in &asks {
+                for batch in idx.chunks(self.max_batch) {
+                    let list: Vec<ChunkWant> = batch.iter().map(|&i| wants[i].clone()).collect();
+                    let client = self.client.clone();
+                    let peer = *peer;
+                    let batch = batch.to_vec();
+                    calls.push(async move { (batch, client.ask(peer, true, &list).await) });
+                }
+            }
+            let mut retry = Vec::new();
+            for (batch, answers) in futures::future::join_all(calls).await {
+                for (i, answer) in batch.into_iter().zip(answers) {
+                    match answer {
+                        Answer::Data(d) => results[i] = Some(d),
+                        Answer::Miss | Answer::Failed => {
+                            next[i] += 1;
+                            retry.push(i);
+                        }
+                    }
+                }
+            }
+            open = retry;
+        }
+        results
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.client.close();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(500));
+        }
+    }
+}

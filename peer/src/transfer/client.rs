@@ -1,0 +1,197 @@
+//! The asking side: a connection pool over one QUIC endpoint, and one request at a time
+//! per call, with the hedge and deadline of [`crate::config::MeshConfig`]. Every chunk is
+//! checked against its digest before it leaves this module.
+
+use super::Answer;
+use crate::chunk::ChunkWant;
+use crate::health::{Mark, PeerHealth};
+use crate::stats::MeshStats;
+use crate::trust::PEER_NAME;
+use crate::wire::{self, Outcome, Request, Status};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// Asks peers for chunks.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Connects in progress, so a burst of asks to a new peer makes one handshake.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) health: Arc<PeerHealth>,
+    stats: Arc<MeshStats>,
+    connect_timeout: Duration,
+    hedge: Duration,
+    deadline: Duration,
+}
+
+impl Client {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        health: Arc<PeerHealth>,
+        stats: Arc<MeshStats>,
+        hedge: Duration,
+        deadline: Duration,
+    ) -> Self {
+        Client {
+            endpoint,
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
+            health,
+            stats,
+            connect_timeout: (hedge * 10).clamp(Duration::from_millis(250), Duration::from_secs(2)),
+            hedge,
+            deadline,
+        }
+    }
+
+    async fn connection(&self, peer: SocketAddr) -> Option<quinn::Connection> {
+        let gate = {
+            let mut c = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            c.entry(peer).or_default().clone()
+        };
+        let _one = gate.lock().await;
+        if let Some(conn) = self.connections.lock().await.get(&peer) {
+            if conn.close_reason().is_none() {
+                return Some(conn.clone());
+            }
+        }
+        let connecting = match self.endpoint.connect(peer, PEER_NAME) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot connect");
+                return None;
+            }
+        };
+        match timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => {
+                self.connections.lock().await.insert(peer, conn.clone());
+                Some(conn)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connecting to peer failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connecting to peer timed out");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, peer: SocketAddr, n: usize, why: &str) -> Vec<Answer> {
+        tracing::debug!(%peer, why, "peer request failed");
+        MeshStats::add(&self.stats.peer_errors, 1);
+        self.health.mark(peer, Mark::Down);
+        vec![Answer::Failed; n]
+    }
+
+    /// Asks `peer` for `wants`; `as_owner` asks it to fetch what it lacks from the origin.
+    pub async fn ask(&self, peer: SocketAddr, as_owner: bool, wants: &[ChunkWant]) -> Vec<Answer> {
+        let n = wants.len();
+        let Ok(request) = wire::encode_request(&Request {
+            as_owner,
+            wants: wants.to_vec(),
+        }) else {
+            return vec![Answer::Failed; n];
+        };
+        MeshStats::add(&self.stats.requests, 1);
+        let Some(conn) = self.connection(peer).await else {
+            return self.failed(peer, n, "no connection");
+        };
+        let opened = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            send.write_all(&request).await.ok()?;
+            send.finish().ok()?;
+            let mut header = [0u8; 2];
+            recv.read_exact(&mut header).await.ok()?;
+            Some((recv, header))
+        };
+        let (mut recv, header) = match timeout(self.hedge, opened).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return self.failed(peer, n, "stream failed"),
+            Err(_) => {
+                MeshStats::add(&self.stats.hedges, 1);
+                return self.failed(peer, n, "not accepted within the hedge budget");
+            }
+        };
+        match wire::decode_response_header(header) {
+            Ok(Status::Accepted) => {}
+            Ok(Status::Busy) => {
+                MeshStats::add(&self.stats.peer_errors, 1);
+                return vec![Answer::Failed; n];
+            }
+            Ok(Status::BadRequest) | Err(_) => return self.failed(peer, n, "request refused"),
+        }
+        let mut answers: Vec<Option<Answer>> = vec![None; n];
+        let read_all = self.read_items(peer, &mut recv, wants, &mut answers);
+        if timeout(self.deadline, read_all).await.is_err() {
+            let _ = recv.stop(0u32.into());
+            self.failed(peer, 0, "answer not complete before the deadline");
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Answer::Failed))
+            .collect()
+    }
+
+    async fn read_items(
+        &self,
+        peer: SocketAddr,
+        recv: &mut quinn::RecvStream,
+        wants: &[ChunkWant],
+        answers: &mut [Option<Answer>],
+    ) {
+        loop {
+            let mut h = [0u8; wire::ITEM_HEADER];
+            if recv.read_exact(&mut h).await.is_err() {
+                return; // end of the answer (or a broken stream: the rest count as failed)
+            }
+            let header = match wire::decode_item_header(h) {
+                Ok(h) if (h.entry as usize) < wants.len() && answers[h.entry as usize].is_none() => h,
+                _ => {
+                    self.failed(peer, 0, "malformed answer");
+                    return;
+                }
+            };
+            let want = &wants[header.entry as usize];
+            let answer = match header.outcome {
+                Outcome::Miss => {
+                    MeshStats::add(&self.stats.peer_misses, 1);
+                    Answer::Miss
+                }
+                Outcome::Failed => Answer::Miss,
+                Outcome::Data => {
+                    if header.len != want.size {
+                        self.lied(peer, want, "wrong length");
+                        return;
+                    }
+                    let mut data = vec![0u8; header.len as usize];
+                    if recv.read_exact(&mut data).await.is_err() {
+                        return;
+                    }
+                    if !want.id.matches(&data) {
+                        self.lied(peer, want, "digest mismatch");
+                        return;
+                    }
+                    MeshStats::add(&self.stats.received_chunks, 1);
+                    MeshStats::add(&self.stats.received_bytes, data.len() as u64);
+                    Answer::Data(Arc::new(data))
+                }
+            };
+            answers[header.entry as usize] = Some(answer);
+        }
+    }
+
+    fn lied(&self, peer: SocketAddr, want: &ChunkWant, why: &str) {
+        MeshStats::add(&self.stats.bad_chunks, 1);
+        self.health.mark(peer, Mark::Bad);
+        tracing::error!(%peer, chunk = %want.id, why, "peer served a bad chunk; shunning it");
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node stopping");
+    }
+}

@@ -1,0 +1,187 @@
+//! Several meshes in one process on 127.0.0.x addresses, each over a provider that keeps
+//! chunks in memory and counts its origin fetches. (The node-level tests run real
+//! `warren node` processes; these pin down the mesh's own rules quickly.)
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, MeshConfig, OriginHint};
+
+struct Origin {
+    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
+    fetches: AtomicU64,
+}
+
+struct MemoryNode {
+    origin: Arc<Origin>,
+    held: Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>,
+}
+
+impl MemoryNode {
+    /// Like the node's fetch chain: a chunk read here and asked for by others at the
+    /// same time is fetched once (the held map's lock stands in for its in-flight table).
+    fn from_origin(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        let mut held = self.held.lock().unwrap();
+        if let Some(d) = held.get(id) {
+            return Some(d.clone());
+        }
+        let data = self.origin.chunks.get(id)?.clone();
+        self.origin.fetches.fetch_add(1, Ordering::SeqCst);
+        held.insert(*id, data.clone());
+        Some(data)
+    }
+}
+
+impl ChunkProvider for MemoryNode {
+    fn held(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        self.held.lock().unwrap().get(&want.id).cloned()
+    }
+    fn fetch_as_owner(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {
+        wants
+            .iter()
+            .map(|w| self.held(w).or_else(|| self.from_origin(&w.id)))
+            .collect()
+    }
+}
+
+fn free_port(ip: [u8; 4]) -> SocketAddr {
+    loop {
+        let t = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+        let addr = t.local_addr().unwrap();
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+fn config(listen: SocketAddr, seed: SocketAddr, secret: &str) -> MeshConfig {
+    MeshConfig {
+        listen,
+        seeds: vec![seed.to_string()],
+        cluster_secret: Some(secret.to_string()),
+        heartbeat_ms: 200,
+        member_timeout_ms: 1500,
+        resolve_interval_ms: 300,
+        hedge_ms: 500,
+        ..MeshConfig::default()
+    }
+}
+
+fn origin(n: u32) -> Arc<Origin> {
+    let chunks = (0..n)
+        .map(|i| {
+            let data: Vec<u8> = (0..4096 + i).map(|b| (b * 7 + i) as u8).collect();
+            let id = ChunkId {
+                algo: DigestAlgo::Blake3,
+                digest: *blake3::hash(&data).as_bytes(),
+            };
+            (id, Arc::new(data))
+        })
+        .collect();
+    Arc::new(Origin {
+        chunks,
+        fetches: AtomicU64::new(0),
+    })
+}
+
+fn wants(origin: &Origin) -> Vec<ChunkWant> {
+    let mut ids: Vec<_> = origin.chunks.iter().collect();
+    ids.sort_by_key(|(id, _)| **id);
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, (id, data))| ChunkWant {
+            id: *id,
+            size: data.len() as u32,
+            origin: OriginHint {
+                blob_id: "blob".into(),
+                chunk_index: i as u32,
+            },
+        })
+        .collect()
+}
+
+fn wait_members(meshes: &[&Mesh], n: usize) {
+    let start = Instant::now();
+    while meshes.iter().any(|m| m.members().len() != n) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "members: {:?}",
+            meshes.iter().map(|m| m.members().len()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(ip: u8, seed: SocketAddr, secret: &str, origin: &Arc<Origin>) -> (Mesh, Arc<MemoryNode>) {
+    let listen = if ip == 1 { seed } else { free_port([127, 0, 0, ip]) };
+    let node = Arc::new(MemoryNode {
+        origin: origin.clone(),
+        held: Mutex::new(HashMap::new()),
+    });
+    let mesh = Mesh::start(&config(listen, seed, secret), &format!("n{ip}"), node.clone()).unwrap();
+    (mesh, node)
+}
+
+#[test]
+fn three_members_fetch_each_chunk_from_the_origin_once() {
+    let origin = origin(120);
+    let seed = free_port([127, 0, 0, 1]);
+    let secret = "three-member-test-secret";
+    let nodes: Vec<_> = (1..=3).map(|ip| start(ip, seed, secret, &origin)).collect();
+    wait_members(&nodes.iter().map(|(m, _)| m).collect::<Vec<_>>(), 3);
+    let wants = wants(&origin);
+    std::thread::scope(|s| {
+        for (mesh, node) in &nodes {
+            let wants = &wants;
+            s.spawn(move || {
+                for (w, got) in wants.iter().zip(mesh.fetch(wants)) {
+                    let data = got.or_else(|| node.from_origin(&w.id)).unwrap();
+                    assert!(w.id.matches(&data));
+                }
+            });
+        }
+    });
+    assert_eq!(origin.fetches.load(Ordering::SeqCst), 120);
+    let received: u64 = nodes.iter().map(|(m, _)| m.stats().received_chunks).sum();
+    assert_eq!(received, 240);
+}
+
+#[test]
+fn a_stranger_cannot_join_or_fetch() {
+    let origin = origin(10);
+    let seed = free_port([127, 0, 0, 1]);
+    let (a, _) = start(1, seed, "the-right-cluster-secret", &origin);
+    let (b, _) = start(2, seed, "the-right-cluster-secret", &origin);
+    let (stranger, _) = start(3, seed, "a-wrong-cluster-secret!!", &origin);
+    wait_members(&[&a, &b], 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stranger.members().len(), 1);
+    assert_eq!(a.members().len(), 2);
+    assert!(stranger.fetch(&wants(&origin)).iter().all(|r| r.is_none()));
+}
+
+#[test]
+fn a_lying_member_is_shunned() {
+    let origin = origin(40);
+    let seed = free_port([127, 0, 0, 1]);
+    let secret = "lying-member-test-secret";
+    let (honest, _) = start(1, seed, secret, &origin);
+    std::env::set_var(warren_peer::mesh::FAULT_CORRUPT_ENV, "1");
+    let (liar, liar_node) = start(2, seed, secret, &origin);
+    std::env::remove_var(warren_peer::mesh::FAULT_CORRUPT_ENV);
+    wait_members(&[&honest, &liar], 2);
+    let wants = wants(&origin);
+    for w in &wants {
+        liar_node.from_origin(&w.id);
+    }
+    let got = honest.fetch(&wants);
+    assert!(got.iter().flatten().all(|d| wants.iter().any(|w| w.id.matches(d))));
+    assert!(honest.stats().bad_chunks >= 1);
+    assert_eq!(honest.bad_peers(), vec![liar.me().quic]);
+    // Shunned: the next fetch does not even ask it.
+    let before = honest.stats().requests;
+    assert!(honest.fetch(&wants).iter().all(|r| r.is_none()));
+    assert_eq!(honest.stats().requests, before);
+}
