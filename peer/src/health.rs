@@ -180,6 +180,9 @@ mod tests {
         assert!(l.admit(ip).is_some());
         assert_eq!(l.delay_for(ip, 500), Duration::ZERO);
         let d = l.delay_for(ip, 1500);
-        assert!(d > Duration::from_millis(900) && d <= Duration::from_secs(1), "{d:?}");
+        assert!(
+            d > Duration::from_millis(900) && d <= Duration::from_secs(1),
+            "{d:?}"
+        );
     }
 }

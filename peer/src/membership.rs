@@ -153,12 +153,14 @@ pub async fn start(
         .with_tokio()
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)?;
-            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default())
-                .timeout(Duration::from_secs(10)))
+            Ok(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(10)),
+            )
         })
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {

@@ -22,7 +22,9 @@ pub const FAULT_CORRUPT_ENV: &str = "WARREN_PEER_FAULT_CORRUPT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
-    #[error("the peer mesh needs a cluster secret: set `cluster_secret_file` (or `cluster_secret`)")]
+    #[error(
+        "the peer mesh needs a cluster secret: set `cluster_secret_file` (or `cluster_secret`)"
+    )]
     NoSecret,
     #[error("reading the cluster secret from {path}: {source}")]
     SecretFile {
@@ -95,29 +97,30 @@ impl Mesh {
         let me = Member::new(cfg.advertised(), node_name.to_string());
         let table = MemberTable::new(me, Duration::from_millis(cfg.member_timeout_ms.max(100)));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let client = runtime.block_on(async {
-            let mut endpoint = quinn::Endpoint::server(trust.quic_server()?, cfg.listen)
-                .map_err(|source| MeshError::Listen {
-                    addr: cfg.listen,
-                    source,
-                })?;
-            endpoint.set_default_client_config(trust.quic_client()?);
-            let ctx = ServeContext::new(
-                provider,
-                ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
-                stats.clone(),
-                std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
-            );
-            tokio::spawn(server::serve(endpoint.clone(), ctx));
-            membership::start(cfg, trust.psk(), table.clone(), shutdown_rx).await?;
-            Ok::<_, MeshError>(Client::new(
-                endpoint,
-                health,
-                stats.clone(),
-                Duration::from_millis(cfg.hedge_ms.max(1)),
-                Duration::from_millis(cfg.request_timeout_ms.max(1)),
-            ))
-        })?;
+        let client =
+            runtime.block_on(async {
+                let mut endpoint = quinn::Endpoint::server(trust.quic_server()?, cfg.listen)
+                    .map_err(|source| MeshError::Listen {
+                        addr: cfg.listen,
+                        source,
+                    })?;
+                endpoint.set_default_client_config(trust.quic_client()?);
+                let ctx = ServeContext::new(
+                    provider,
+                    ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
+                    stats.clone(),
+                    std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
+                );
+                tokio::spawn(server::serve(endpoint.clone(), ctx));
+                membership::start(cfg, trust.psk(), table.clone(), shutdown_rx).await?;
+                Ok::<_, MeshError>(Client::new(
+                    endpoint,
+                    health,
+                    stats.clone(),
+                    Duration::from_millis(cfg.hedge_ms.max(1)),
+                    Duration::from_millis(cfg.request_timeout_ms.max(1)),
+                ))
+            })?;
         tracing::info!(listen = %cfg.listen, advertise = %cfg.advertised(), "joined the peer mesh");
         Ok(Mesh {
             runtime: Some(runtime),
@@ -148,6 +151,18 @@ impl Mesh {
 
     pub fn stats(&self) -> MeshStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Whether this node is the chunk's first owner, or alone: it then fetches the
+    /// chunk from the origin itself.
+    pub fn owns(&self, chunk: &crate::ChunkId) -> bool {
+        let members = self.table.live();
+        members.len() < 2
+            || self
+                .router
+                .owners(chunk, &members, 1)
+                .first()
+                .is_none_or(|m| m.key == self.table.me().key)
     }
 
     /// Each wanted chunk from its owners, verified; `None` where the node should go to
@@ -226,7 +241,13 @@ impl Drop for Mesh {
         let _ = self.shutdown.send(true);
         self.client.close();
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_millis(500));
+            // Blocking to wait is not allowed inside another runtime (the node drops its
+            // mesh there): then the tasks are left to end on their own.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_millis(500));
+            }
         }
     }
 }

@@ -31,10 +31,8 @@ pub fn weight(member_key: &str, chunk: &ChunkId) -> u64 {
 
 impl Router for RendezvousRouter {
     fn owners(&self, chunk: &ChunkId, members: &[Member], replication: usize) -> Vec<Member> {
-        let mut scored: Vec<(u64, &Member)> = members
-            .iter()
-            .map(|m| (weight(&m.key, chunk), m))
-            .collect();
+        let mut scored: Vec<(u64, &Member)> =
+            members.iter().map(|m| (weight(&m.key, chunk), m)).collect();
         scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
         scored
             .into_iter()

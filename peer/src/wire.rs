@@ -303,7 +303,10 @@ mod tests {
         bytes.extend_from_slice(&u16::MAX.to_be_bytes());
         assert_eq!(decode_request(&bytes), Err(WireError::BatchSize(65535)));
         let h = [0, 0, 0, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(decode_item_header(h), Err(WireError::ChunkSize(_))));
+        assert!(matches!(
+            decode_item_header(h),
+            Err(WireError::ChunkSize(_))
+        ));
         let miss_with_body = [0, 0, 1, 0, 0, 0, 1];
         assert!(decode_item_header(miss_with_body).is_err());
     }

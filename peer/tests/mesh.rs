@@ -22,7 +22,7 @@ struct MemoryNode {
 impl MemoryNode {
     /// Like the node's fetch chain: a chunk read here and asked for by others at the
     /// same time is fetched once (the held map's lock stands in for its in-flight table).
-    fn from_origin(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+    fn fetch_origin(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
         let mut held = self.held.lock().unwrap();
         if let Some(d) = held.get(id) {
             return Some(d.clone());
@@ -41,7 +41,7 @@ impl ChunkProvider for MemoryNode {
     fn fetch_as_owner(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {
         wants
             .iter()
-            .map(|w| self.held(w).or_else(|| self.from_origin(&w.id)))
+            .map(|w| self.held(w).or_else(|| self.fetch_origin(&w.id)))
             .collect()
     }
 }
@@ -115,12 +115,21 @@ fn wait_members(meshes: &[&Mesh], n: usize) {
 }
 
 fn start(ip: u8, seed: SocketAddr, secret: &str, origin: &Arc<Origin>) -> (Mesh, Arc<MemoryNode>) {
-    let listen = if ip == 1 { seed } else { free_port([127, 0, 0, ip]) };
+    let listen = if ip == 1 {
+        seed
+    } else {
+        free_port([127, 0, 0, ip])
+    };
     let node = Arc::new(MemoryNode {
         origin: origin.clone(),
         held: Mutex::new(HashMap::new()),
     });
-    let mesh = Mesh::start(&config(listen, seed, secret), &format!("n{ip}"), node.clone()).unwrap();
+    let mesh = Mesh::start(
+        &config(listen, seed, secret),
+        &format!("n{ip}"),
+        node.clone(),
+    )
+    .unwrap();
     (mesh, node)
 }
 
@@ -137,7 +146,7 @@ fn three_members_fetch_each_chunk_from_the_origin_once() {
             let wants = &wants;
             s.spawn(move || {
                 for (w, got) in wants.iter().zip(mesh.fetch(wants)) {
-                    let data = got.or_else(|| node.from_origin(&w.id)).unwrap();
+                    let data = got.or_else(|| node.fetch_origin(&w.id)).unwrap();
                     assert!(w.id.matches(&data));
                 }
             });
@@ -174,10 +183,13 @@ fn a_lying_member_is_shunned() {
     wait_members(&[&honest, &liar], 2);
     let wants = wants(&origin);
     for w in &wants {
-        liar_node.from_origin(&w.id);
+        liar_node.fetch_origin(&w.id);
     }
     let got = honest.fetch(&wants);
-    assert!(got.iter().flatten().all(|d| wants.iter().any(|w| w.id.matches(d))));
+    assert!(got
+        .iter()
+        .flatten()
+        .all(|d| wants.iter().any(|w| w.id.matches(d))));
     assert!(honest.stats().bad_chunks >= 1);
     assert_eq!(honest.bad_peers(), vec![liar.me().quic]);
     // Shunned: the next fetch does not even ask it.

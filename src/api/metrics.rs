@@ -143,13 +143,34 @@ impl Metrics {
         if cache.stats().is_none() {
             return;
         }
-        match StoreCollector::new(cache) {
+        let read = move || cache.stats();
+        match FigureCollector::new(Box::new(read), &STORE_GAUGES, &STORE_COUNTERS) {
             Ok(c) => {
                 if let Err(e) = self.registry.register(Box::new(c)) {
                     tracing::warn!(error = %e, "registering the store metrics");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "creating the store metrics"),
+        }
+    }
+
+    /// Exposes the peer mesh's figures (members, traffic, owner fetches and their dedup,
+    /// errors, bad chunks) as `warren_peer_*`, read from the mesh at each scrape.
+    pub fn watch_mesh(&self, mesh: Arc<warren_peer::Mesh>) {
+        let read = move || {
+            Some(MeshFigures {
+                stats: mesh.stats(),
+                members: mesh.members().len() as u64,
+                bad_peers: mesh.bad_peers().len() as u64,
+            })
+        };
+        match FigureCollector::new(Box::new(read), &MESH_GAUGES, &MESH_COUNTERS) {
+            Ok(c) => {
+                if let Err(e) = self.registry.register(Box::new(c)) {
+                    tracing::warn!(error = %e, "registering the mesh metrics");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "creating the mesh metrics"),
         }
     }
 
@@ -203,106 +224,198 @@ impl Metrics {
     }
 }
 
-type Field = fn(&StoreStats) -> u64;
+/// One figure of a snapshot: metric name, help, and how to read it.
+type Figure<T> = (&'static str, &'static str, Reading<T>);
+/// How to read one figure off a snapshot.
+type Reading<T> = fn(&T) -> u64;
 
-/// The store's figures as Prometheus metrics, taken from [`ChunkCache::stats`] at scrape
-/// time.
-struct StoreCollector {
-    cache: Arc<dyn ChunkCache>,
-    gauges: Vec<(IntGauge, Field)>,
-    counters: Vec<(IntCounter, Field)>,
+const STORE_GAUGES: [Figure<StoreStats>; 5] = [
+    (
+        "warren_store_bytes",
+        "Bytes of chunk data in the chunk store",
+        |s| s.bytes,
+    ),
+    ("warren_store_chunks", "Chunks in the chunk store", |s| {
+        s.chunks
+    }),
+    ("warren_store_quota_bytes", "The chunk store's quota", |s| {
+        s.quota_bytes
+    }),
+    (
+        "warren_store_disk_bytes",
+        "Bytes the chunk store takes on disk (data and index)",
+        |s| s.disk_bytes,
+    ),
+    (
+        "warren_store_data_files",
+        "Data files of the chunk store",
+        |s| s.data_files,
+    ),
+];
+
+const STORE_COUNTERS: [Figure<StoreStats>; 9] = [
+    (
+        "warren_store_hits_total",
+        "Chunk reads the store answered",
+        |s| s.hits,
+    ),
+    (
+        "warren_store_misses_total",
+        "Chunk reads the store did not hold",
+        |s| s.misses,
+    ),
+    (
+        "warren_store_verify_failures_total",
+        "Stored chunks that failed verification on read and were dropped",
+        |s| s.verify_failures,
+    ),
+    (
+        "warren_store_evictions_total",
+        "Chunks evicted to stay within the quota",
+        |s| s.evictions,
+    ),
+    (
+        "warren_store_evicted_bytes_total",
+        "Bytes evicted to stay within the quota",
+        |s| s.evicted_bytes,
+    ),
+    (
+        "warren_store_written_chunks_total",
+        "Chunks written to the store",
+        |s| s.written_chunks,
+    ),
+    (
+        "warren_store_written_bytes_total",
+        "Bytes written to the store",
+        |s| s.written_bytes,
+    ),
+    (
+        "warren_store_write_failures_total",
+        "Store write batches that failed (full disk, I/O errors)",
+        |s| s.write_failures,
+    ),
+    (
+        "warren_store_dropped_writes_total",
+        "Chunks not stored because the write queue was full",
+        |s| s.dropped_writes,
+    ),
+];
+
+/// The mesh's figures at one scrape.
+struct MeshFigures {
+    stats: warren_peer::MeshStatsSnapshot,
+    members: u64,
+    bad_peers: u64,
+}
+
+const MESH_GAUGES: [Figure<MeshFigures>; 2] = [
+    (
+        "warren_peer_members",
+        "Live members of the cluster, this node included",
+        |m| m.members,
+    ),
+    (
+        "warren_peer_bad_peers",
+        "Peers shunned for serving bad chunks",
+        |m| m.bad_peers,
+    ),
+];
+
+const MESH_COUNTERS: [Figure<MeshFigures>; 12] = [
+    (
+        "warren_peer_requests_total",
+        "Chunk requests sent to peers",
+        |m| m.stats.requests,
+    ),
+    (
+        "warren_peer_received_chunks_total",
+        "Verified chunks received from peers",
+        |m| m.stats.received_chunks,
+    ),
+    (
+        "warren_peer_received_bytes_total",
+        "Bytes of verified chunks received from peers",
+        |m| m.stats.received_bytes,
+    ),
+    (
+        "warren_peer_misses_total",
+        "Chunks a peer did not hold or could not fetch",
+        |m| m.stats.peer_misses,
+    ),
+    (
+        "warren_peer_errors_total",
+        "Failed peer exchanges: no connection, timeouts, refusals",
+        |m| m.stats.peer_errors,
+    ),
+    (
+        "warren_peer_hedges_total",
+        "Requests given up because an owner did not accept within the hedge budget",
+        |m| m.stats.hedges,
+    ),
+    (
+        "warren_peer_bad_chunks_total",
+        "Chunks from peers that failed verification",
+        |m| m.stats.bad_chunks,
+    ),
+    (
+        "warren_peer_served_chunks_total",
+        "Chunks served to peers",
+        |m| m.stats.served_chunks,
+    ),
+    (
+        "warren_peer_served_bytes_total",
+        "Bytes served to peers",
+        |m| m.stats.served_bytes,
+    ),
+    (
+        "warren_peer_served_busy_total",
+        "Peer requests refused as over the per-peer limits",
+        |m| m.stats.served_busy,
+    ),
+    (
+        "warren_peer_owner_fetches_total",
+        "Chunks fetched as their owner for other members",
+        |m| m.stats.owner_fetches,
+    ),
+    (
+        "warren_peer_owner_dedup_total",
+        "Owner asks that joined a fetch of the same chunk already in flight",
+        |m| m.stats.owner_dedup,
+    ),
+];
+
+/// Figures read from a snapshot (the store's, the mesh's) at scrape time, so the metrics
+/// can never drift from their source.
+struct FigureCollector<T> {
+    read: Box<dyn Fn() -> Option<T> + Send + Sync>,
+    gauges: Vec<(IntGauge, Reading<T>)>,
+    counters: Vec<(IntCounter, Reading<T>)>,
     descs: Vec<Desc>,
-    /// Counters are brought up to the store's value by difference: one scrape at a time.
+    /// Counters are brought up to the source's value by difference: one scrape at a time.
     scrape: Mutex<()>,
 }
 
-impl StoreCollector {
-    fn new(cache: Arc<dyn ChunkCache>) -> prometheus::Result<Self> {
-        let gauge_defs: [(&str, &str, Field); 5] = [
-            (
-                "warren_store_bytes",
-                "Bytes of chunk data in the chunk store",
-                |s| s.bytes,
-            ),
-            ("warren_store_chunks", "Chunks in the chunk store", |s| {
-                s.chunks
-            }),
-            ("warren_store_quota_bytes", "The chunk store's quota", |s| {
-                s.quota_bytes
-            }),
-            (
-                "warren_store_disk_bytes",
-                "Bytes the chunk store takes on disk (data and index)",
-                |s| s.disk_bytes,
-            ),
-            (
-                "warren_store_data_files",
-                "Data files of the chunk store",
-                |s| s.data_files,
-            ),
-        ];
-        let counter_defs: [(&str, &str, Field); 9] = [
-            (
-                "warren_store_hits_total",
-                "Chunk reads the store answered",
-                |s| s.hits,
-            ),
-            (
-                "warren_store_misses_total",
-                "Chunk reads the store did not hold",
-                |s| s.misses,
-            ),
-            (
-                "warren_store_verify_failures_total",
-                "Stored chunks that failed verification on read and were dropped",
-                |s| s.verify_failures,
-            ),
-            (
-                "warren_store_evictions_total",
-                "Chunks evicted to stay within the quota",
-                |s| s.evictions,
-            ),
-            (
-                "warren_store_evicted_bytes_total",
-                "Bytes evicted to stay within the quota",
-                |s| s.evicted_bytes,
-            ),
-            (
-                "warren_store_written_chunks_total",
-                "Chunks written to the store",
-                |s| s.written_chunks,
-            ),
-            (
-                "warren_store_written_bytes_total",
-                "Bytes written to the store",
-                |s| s.written_bytes,
-            ),
-            (
-                "warren_store_write_failures_total",
-                "Store write batches that failed (full disk, I/O errors)",
-                |s| s.write_failures,
-            ),
-            (
-                "warren_store_dropped_writes_total",
-                "Chunks not stored because the write queue was full",
-                |s| s.dropped_writes,
-            ),
-        ];
+impl<T> FigureCollector<T> {
+    fn new(
+        read: Box<dyn Fn() -> Option<T> + Send + Sync>,
+        gauge_defs: &[Figure<T>],
+        counter_defs: &[Figure<T>],
+    ) -> prometheus::Result<Self> {
         let mut descs = Vec::new();
         let mut gauges = Vec::new();
-        for (name, help, f) in gauge_defs {
+        for &(name, help, f) in gauge_defs {
             let g = IntGauge::new(name, help)?;
             descs.extend(g.desc().into_iter().cloned());
             gauges.push((g, f));
         }
         let mut counters = Vec::new();
-        for (name, help, f) in counter_defs {
+        for &(name, help, f) in counter_defs {
             let c = IntCounter::new(name, help)?;
             descs.extend(c.desc().into_iter().cloned());
             counters.push((c, f));
         }
-        Ok(StoreCollector {
-            cache,
+        Ok(FigureCollector {
+            read,
             gauges,
             counters,
             descs,
@@ -311,13 +424,13 @@ impl StoreCollector {
     }
 }
 
-impl Collector for StoreCollector {
+impl<T: 'static> Collector for FigureCollector<T> {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Some(stats) = self.cache.stats() else {
+        let Some(stats) = (self.read)() else {
             return Vec::new();
         };
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod inflight;
+pub mod peers;
 pub mod prefetch;
 
 use crate::api::metrics::{ChunkSource, Metrics};
@@ -19,7 +20,7 @@ use inflight::{ChunkResult, Claim, InFlight};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Settings of the fetch chain.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,6 +74,8 @@ pub struct FetchChain {
     hot: std::sync::Mutex<HotChunks>,
     /// This chain's name towards the store's protected sets.
     owner: u64,
+    /// The peer mesh, when the node is part of one.
+    peers: OnceLock<Arc<dyn peers::PeerSource>>,
 }
 
 /// Hands out [`FetchChain::owner`] ids.
@@ -139,6 +142,7 @@ impl FetchChain {
             on_demand: AtomicUsize::new(0),
             hot: std::sync::Mutex::new(hot),
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            peers: OnceLock::new(),
         }
     }
 
@@ -277,8 +281,19 @@ impl FetchChain {
             .sum()
     }
 
-    /// The bytes of each chunk in `refs` (same order), from the cache or the origin.
+    /// The bytes of each chunk in `refs` (same order), from the cache, the peer mesh or
+    /// the origin.
     pub fn fetch_many(&self, refs: &[ChunkRef]) -> Vec<ChunkResult> {
+        self.fetch_chunks(refs, true)
+    }
+
+    /// The same for a member that asked this node as the chunks' owner: never asks the
+    /// mesh again (the owner is where the mesh ends).
+    pub(crate) fn fetch_for_peers(&self, refs: &[ChunkRef]) -> Vec<ChunkResult> {
+        self.fetch_chunks(refs, false)
+    }
+
+    fn fetch_chunks(&self, refs: &[ChunkRef], ask_peers: bool) -> Vec<ChunkResult> {
         let mut found: HashMap<ChunkDigest, ChunkResult> = HashMap::new();
         let mut owned: Vec<(ChunkRef, Arc<inflight::Slot>)> = Vec::new();
         let mut waiting: Vec<(ChunkDigest, Arc<inflight::Slot>)> = Vec::new();
@@ -310,11 +325,7 @@ impl FetchChain {
                 Claim::Waiter(slot) => waiting.push((digest, slot)),
             }
         }
-        for run in self.runs(owned) {
-            for (c, result) in self.fetch_run(run) {
-                found.insert(self.info(c).digest, result);
-            }
-        }
+        self.fetch_claimed(owned, ask_peers, &mut found);
         for (digest, slot) in waiting {
             found.insert(digest, slot.wait());
         }

@@ -50,7 +50,14 @@ pub struct WarrenMountConfig {
 }
 
 const MOUNT: &str = "/api/v1/mount";
-const ROUTES: [&str; 4] = ["/api/v1/daemon", MOUNT, "/api/v1/mounts", "/api/v1/metrics"];
+const PEERS: &str = "/api/v1/peers";
+const ROUTES: [&str; 5] = [
+    "/api/v1/daemon",
+    MOUNT,
+    "/api/v1/mounts",
+    "/api/v1/metrics",
+    PEERS,
+];
 
 /// The API's request handler over `node`.
 pub fn handler(node: Arc<Node>) -> impl Handler {
@@ -73,6 +80,10 @@ async fn route(node: Arc<Node>, req: ApiRequest) -> Result<ApiResponse, ApiError
         (&Method::GET, "/api/v1/mounts") => {
             let mounts = blocking(move || Ok(node.mounts())).await?;
             Ok(ApiResponse::ok_json(&mounts))
+        }
+        (&Method::GET, PEERS) => {
+            let info = blocking(move || node.peers_info()).await?;
+            Ok(ApiResponse::ok_json(&info))
         }
         (&Method::GET, "/api/v1/metrics") => Ok(ApiResponse::ok_json(&node.metrics().to_json())),
         (&Method::POST, MOUNT) => {

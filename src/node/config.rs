@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub store: StoreOptions,
     /// Images to mount when the node starts.
     pub mounts: Vec<MountConfig>,
+    /// `[peer]`: the peer mesh ([`warren_peer::MeshConfig`], each field documented
+    /// there). The node joins a cluster only when this section is present.
+    pub peer: Option<warren_peer::MeshConfig>,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +74,7 @@ impl Default for NodeConfig {
             prefetch: PrefetchConfig::default(),
             store: StoreOptions::default(),
             mounts: Vec::new(),
+            peer: None,
         }
     }
 }
@@ -142,6 +146,7 @@ pub struct NodeSettings {
     /// Mount options every mount starts from (FUSE threads, prefetch defaults).
     pub mount_defaults: MountOptions,
     pub mounts: Vec<MountConfig>,
+    pub peer: Option<warren_peer::MeshConfig>,
 }
 
 /// A configuration problem, naming the file, the field and what is wrong.
@@ -190,6 +195,13 @@ impl NodeConfig {
         {
             fix(p);
         }
+        if let Some(f) = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.cluster_secret_file.as_mut())
+        {
+            fix(f);
+        }
         for m in &mut self.mounts {
             fix(&mut m.bootstrap);
             fix(&mut m.mountpoint);
@@ -208,6 +220,20 @@ impl NodeConfig {
             return Err("field `fetch.amplify_bytes`: must be at least 1".into());
         }
         self.store.validate()?;
+        if let Some(p) = &self.peer {
+            if p.cluster_secret.is_none() && p.cluster_secret_file.is_none() {
+                return Err(
+                    "section `[peer]`: set `cluster_secret_file` (or `cluster_secret`): \
+                            members prove they belong to the cluster with it"
+                        .into(),
+                );
+            }
+            if p.replication == 0 || p.max_batch == 0 || p.serve_concurrency == 0 {
+                return Err("section `[peer]`: `replication`, `max_batch` and \
+                            `serve_concurrency` must be at least 1"
+                    .into());
+            }
+        }
         for (field, files) in std::iter::once(("prefetch.files".to_string(), &self.prefetch.files))
             .chain(
                 self.mounts
@@ -273,6 +299,7 @@ impl NodeConfig {
                 prefetch_bandwidth: self.prefetch.bandwidth,
             },
             mounts: self.mounts,
+            peer: self.peer,
             data_dir,
         }
     }
@@ -299,6 +326,7 @@ impl NodeSettings {
                 bandwidth: m.prefetch_bandwidth,
             },
             mounts: self.mounts.clone(),
+            peer: self.peer.clone(),
         }
     }
 

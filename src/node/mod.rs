@@ -19,6 +19,7 @@ use crate::backend::s3::{S3Backend, S3Config};
 use crate::backend::BlobBackend;
 use crate::cli::mount::is_mounted;
 use crate::fetch::cache::ChunkCache;
+use crate::fetch::peers::BlobChains;
 use crate::fs::{open_image, ImageMount, MountError, MountOptions};
 use crate::rafs::image::{Image, InodeKind};
 use config::{normalize, NodeSettings};
@@ -39,6 +40,10 @@ pub struct Node {
     cache: Arc<dyn ChunkCache>,
     started: Instant,
     state: Mutex<State>,
+    /// The peer mesh, when the config has a `[peer]` section.
+    mesh: Option<Arc<warren_peer::Mesh>>,
+    /// Mounted images by blob, for chunks members ask this node for as their owner.
+    chains: Arc<BlobChains>,
 }
 
 #[derive(Default)]
@@ -173,7 +178,33 @@ impl Node {
             cache,
             started: Instant::now(),
             state: Mutex::new(State::default()),
+            mesh: None,
+            chains: Arc::new(BlobChains::default()),
         }
+    }
+
+    /// Makes this node a member of a mesh: its mounts ask the members for chunks, and
+    /// serve them chunks of their blobs. `chains` must be the table the mesh's
+    /// [`NodeChunks`](crate::fetch::peers::NodeChunks) reads.
+    pub fn with_mesh(mut self, mesh: Arc<warren_peer::Mesh>, chains: Arc<BlobChains>) -> Node {
+        self.mesh = Some(mesh);
+        self.chains = chains;
+        self
+    }
+
+    /// `GET /api/v1/peers`: this node, the live members, shunned peers and traffic.
+    pub fn peers_info(&self) -> Result<serde_json::Value, ApiError> {
+        let Some(mesh) = &self.mesh else {
+            return Err(ApiError::not_found(
+                "this node is not part of a peer mesh (no `[peer]` section in its config)",
+            ));
+        };
+        Ok(serde_json::json!({
+            "me": mesh.me(),
+            "members": mesh.members(),
+            "bad_peers": mesh.bad_peers(),
+            "stats": mesh.stats(),
+        }))
     }
 
     pub fn settings(&self) -> &NodeSettings {
@@ -300,6 +331,10 @@ impl Node {
             self.metrics.clone(),
         )
         .map_err(mount_error)?;
+        if let Some(mesh) = &self.mesh {
+            chain.join_mesh(mesh.clone());
+            self.chains.register(&chain);
+        }
         let stats = ImageStats::of(chain.image());
         let mount = ImageMount::mount(&mountpoint, chain, &req.options).map_err(mount_error)?;
         let info = MountInfo {

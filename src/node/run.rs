@@ -6,6 +6,7 @@ use super::{api, MountRequest, Node};
 use crate::api::metrics::Metrics;
 use crate::api::server::{self, RemoveOnDrop};
 use crate::fetch::cache::{ChunkCache, NoCache};
+use crate::fetch::peers::{BlobChains, NodeChunks};
 use anyhow::{bail, Context};
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
@@ -43,7 +44,33 @@ pub fn run(settings: NodeSettings, quiet: bool) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let metrics = Metrics::new();
     metrics.watch_store(cache.clone());
-    let node = Arc::new(Node::new(settings, metrics_addr, metrics, cache));
+    let mut node = Node::new(
+        settings.clone(),
+        metrics_addr,
+        metrics.clone(),
+        cache.clone(),
+    );
+    if let Some(peer) = &settings.peer {
+        let chains = Arc::new(BlobChains::default());
+        let provider = Arc::new(NodeChunks {
+            cache,
+            chains: chains.clone(),
+        });
+        let name = settings.id.clone().unwrap_or_else(host_name);
+        let mesh = Arc::new(
+            warren_peer::Mesh::start(peer, &name, provider)
+                .with_context(|| format!("joining the peer mesh on {}", peer.listen))?,
+        );
+        metrics.watch_mesh(mesh.clone());
+        if !quiet {
+            eprintln!(
+                "warren node: peer mesh on {} (tcp membership, udp transfers)",
+                peer.listen
+            );
+        }
+        node = node.with_mesh(mesh, chains);
+    }
+    let node = Arc::new(node);
     let result = runtime.block_on(serve(node, api_listener, metrics_listener, quiet));
     // Dropping the runtime waits for blocking work still running (a mount request that
     // started before the signal unmounts itself once it sees the node closing).
@@ -143,4 +170,13 @@ async fn unmount_all(node: &Arc<Node>) -> Vec<String> {
             .collect(),
         Err(e) => vec![format!("unmount worker: {e}")],
     }
+}
+
+/// This machine's host name, the node's name on the mesh when the config gives no `id`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "warren".to_string())
 }

@@ -150,7 +150,11 @@ impl Client {
                 return; // end of the answer (or a broken stream: the rest count as failed)
             }
             let header = match wire::decode_item_header(h) {
-                Ok(h) if (h.entry as usize) < wants.len() && answers[h.entry as usize].is_none() => h,
+                Ok(h)
+                    if (h.entry as usize) < wants.len() && answers[h.entry as usize].is_none() =>
+                {
+                    h
+                }
                 _ => {
                     self.failed(peer, 0, "malformed answer");
                     return;
