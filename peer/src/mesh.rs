@@ -74,6 +74,19 @@ fn secret(cfg: &MeshConfig) -> Result<Vec<u8>, MeshError> {
         .ok_or(MeshError::NoSecret)
 }
 
+/// QUIC keep-alives well inside the idle timeout, and an idle timeout as long as a
+/// member may stay silent: a connection to a killed member fails (and its requests go
+/// elsewhere) about when membership drops it, not after QUIC's default 30 s.
+fn transport_config(cfg: &MeshConfig) -> quinn::TransportConfig {
+    let idle = Duration::from_millis(cfg.member_timeout_ms.clamp(500, 60_000));
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(idle / 4));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
 impl Mesh {
     /// Joins the cluster: listens on `cfg.listen` (TCP for membership, UDP for
     /// transfers) and starts finding members from the seeds.
@@ -97,30 +110,36 @@ impl Mesh {
         let me = Member::new(cfg.advertised(), node_name.to_string());
         let table = MemberTable::new(me, Duration::from_millis(cfg.member_timeout_ms.max(100)));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let client =
-            runtime.block_on(async {
-                let mut endpoint = quinn::Endpoint::server(trust.quic_server()?, cfg.listen)
-                    .map_err(|source| MeshError::Listen {
+        let transport = Arc::new(transport_config(cfg));
+        let client = runtime.block_on(async {
+            let mut server_config = trust.quic_server()?;
+            server_config.transport_config(transport.clone());
+            let mut client_config = trust.quic_client()?;
+            client_config.transport_config(transport);
+            let mut endpoint =
+                quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
+                    MeshError::Listen {
                         addr: cfg.listen,
                         source,
-                    })?;
-                endpoint.set_default_client_config(trust.quic_client()?);
-                let ctx = ServeContext::new(
-                    provider,
-                    ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
-                    stats.clone(),
-                    std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
-                );
-                tokio::spawn(server::serve(endpoint.clone(), ctx));
-                membership::start(cfg, trust.psk(), table.clone(), shutdown_rx).await?;
-                Ok::<_, MeshError>(Client::new(
-                    endpoint,
-                    health,
-                    stats.clone(),
-                    Duration::from_millis(cfg.hedge_ms.max(1)),
-                    Duration::from_millis(cfg.request_timeout_ms.max(1)),
-                ))
-            })?;
+                    }
+                })?;
+            endpoint.set_default_client_config(client_config);
+            let ctx = ServeContext::new(
+                provider,
+                ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
+                stats.clone(),
+                std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
+            );
+            tokio::spawn(server::serve(endpoint.clone(), ctx));
+            membership::start(cfg, trust.psk(), table.clone(), shutdown_rx).await?;
+            Ok::<_, MeshError>(Client::new(
+                endpoint,
+                health,
+                stats.clone(),
+                Duration::from_millis(cfg.hedge_ms.max(1)),
+                Duration::from_millis(cfg.request_timeout_ms.max(1)),
+            ))
+        })?;
         tracing::info!(listen = %cfg.listen, advertise = %cfg.advertised(), "joined the peer mesh");
         Ok(Mesh {
             runtime: Some(runtime),

@@ -9,17 +9,51 @@ pub type ChunkResult = Result<Arc<Vec<u8>>, String>;
 
 #[derive(Default)]
 pub struct Slot {
-    result: Mutex<Option<ChunkResult>>,
+    state: Mutex<SlotState>,
     ready: Condvar,
 }
 
+#[derive(Default)]
+struct SlotState {
+    result: Option<ChunkResult>,
+    /// The claim's owner is waiting on other members for this chunk.
+    asking_peers: bool,
+}
+
 impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn wait(&self) -> ChunkResult {
-        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        while r.is_none() {
-            r = self.ready.wait(r).unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
+        loop {
+            if let Some(r) = &s.result {
+                return r.clone();
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        r.clone().expect("set above")
+    }
+
+    /// Waits for the result unless (or until) the claim's owner is asking other members:
+    /// then `None`. An owner serving members uses this, so two nodes each waiting on the
+    /// other's answer can never hold each other up.
+    pub fn wait_unless_asking_peers(&self) -> Option<ChunkResult> {
+        let mut s = self.lock();
+        loop {
+            if let Some(r) = &s.result {
+                return Some(r.clone());
+            }
+            if s.asking_peers {
+                return None;
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn set_asking_peers(&self, asking: bool) {
+        self.lock().asking_peers = asking;
+        self.ready.notify_all();
     }
 }
 
@@ -53,7 +87,7 @@ impl InFlight {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(digest);
-        *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        slot.lock().result = Some(result);
         slot.ready.notify_all();
     }
 }

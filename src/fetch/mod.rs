@@ -327,7 +327,13 @@ impl FetchChain {
         }
         self.fetch_claimed(owned, ask_peers, &mut found);
         for (digest, slot) in waiting {
-            found.insert(digest, slot.wait());
+            let result = if ask_peers {
+                slot.wait()
+            } else {
+                slot.wait_unless_asking_peers()
+                    .unwrap_or_else(|| Err("this node is asking the mesh for it too".into()))
+            };
+            found.insert(digest, result);
         }
         refs.iter()
             .map(|c| found[&self.info(*c).digest].clone())

@@ -111,19 +111,21 @@ impl FetchChain {
                     self.inflight.finish(&info.digest, &slot, Ok(data.clone()));
                     found.insert(info.digest, Ok(data));
                 }
-                None => rest.push((c, slot)),
+                None => {
+                    slot.set_asking_peers(false);
+                    rest.push((c, slot));
+                }
             }
         }
         self.fetch_from_origin(rest, found);
     }
 
-    fn ask_peers(
-        &self,
-        peers: &dyn PeerSource,
-        theirs: Owned,
-    ) -> Answered {
+    fn ask_peers(&self, peers: &dyn PeerSource, theirs: Owned) -> Answered {
         if theirs.is_empty() {
             return Vec::new();
+        }
+        for (_, slot) in &theirs {
+            slot.set_asking_peers(true);
         }
         let wants: Vec<ChunkWant> = theirs.iter().map(|(c, _)| self.want(*c)).collect();
         let got = peers.fetch(&wants);

@@ -159,11 +159,19 @@ impl MeshNode {
         );
         let config_file = work.path().join("node.toml");
         std::fs::write(&config_file, config).unwrap();
-        let log = work.path().join("node.log");
+        // WARREN_TEST_LOG_DIR keeps the nodes' logs after the test, for a look at a failure.
+        let log = match std::env::var_os("WARREN_TEST_LOG_DIR") {
+            Some(dir) => PathBuf::from(dir).join(format!("node-{}.log", spec.listen)),
+            None => work.path().join("node.log"),
+        };
         let mut cmd = Command::new(warren_bin());
         cmd.args(["node", "--config"])
             .arg(&config_file)
-            .env("RUST_LOG", "warren=info,warren_peer=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("WARREN_TEST_LOG")
+                    .unwrap_or_else(|_| "warren=info,warren_peer=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in &spec.env {
