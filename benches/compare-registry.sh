@@ -20,6 +20,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$REPO/scripts/lib.sh"
+# shellcheck source=benches/registry-setup.sh
+source "$REPO/benches/registry-setup.sh"
 cd "$REPO"
 
 ROUNDS=3
@@ -56,7 +58,6 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$MNT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Page cache dropped, then the programs themselves loaded again: a node or snapshotter is
 # resident when an image starts, so what is measured is the image, not the binaries.
 drop_caches() {
@@ -67,46 +68,15 @@ drop_caches() {
     skopeo --version > /dev/null
     umoci --version > /dev/null
 }
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1000000}'; }
-
-# The registry, the OCI image of the tree, the Nydus image.
-REG_PORT=$(free_port)
-cat > "$WORK/registry.yml" <<EOF
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $WORK/registry}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$REG_PORT}
-EOF
-docker-registry serve "$WORK/registry.yml" > "$WORK/registry.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
-say "making the OCI image of $ROOTFS"
-tar --numeric-owner --xattrs --xattrs-include='*' -C "$ROOTFS" -cf "$WORK/layer.tar" .
-umoci init --layout "$WORK/oci"
-umoci new --image "$WORK/oci:minbase"
-umoci raw add-layer --image "$WORK/oci:minbase" "$WORK/layer.tar"
-umoci config --image "$WORK/oci:minbase" --config.cmd /bin/sh
-rm -f "$WORK/layer.tar"
-skopeo copy -q --dest-tls-verify=false "oci:$WORK/oci:minbase" "docker://127.0.0.1:$REG_PORT/debian:minbase"
+# The registry, the OCI image of the tree, the Nydus image, the bandwidth cap.
+start_registry
+push_debian_oci
 CONVERT_MS=()
 for r in $(seq "$ROUNDS"); do
-    t0=$(now_ms)
-    "$WARREN" convert -q --plain-http --json --source "127.0.0.1:$REG_PORT/debian:minbase" \
-        --target "127.0.0.1:$REG_PORT/debian:nydus" > "$WORK/convert.json"
-    CONVERT_MS+=($(($(now_ms) - t0)))
+    convert_debian
+    CONVERT_MS+=("$CONVERT_LAST_MS")
 done
-BOOT_LAYER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["bootstrap"]["digest"])' "$WORK/convert.json")
-BLOB_SIZE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["blobs"][0]["size"])' "$WORK/convert.json")
-
-# The bandwidth cap.
-PROXY_PORT=$(free_port)
-python3 "$REPO/benches/ratelimit_proxy.py" "$PROXY_PORT" "127.0.0.1:$REG_PORT" "$RATE" "$WORK/bytes" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/bytes" ] && curl -sf "http://127.0.0.1:$PROXY_PORT/v2/" >/dev/null && break; sleep 0.1; done
-PROXY=127.0.0.1:$PROXY_PORT
-bytes_now() { sleep 0.15; cat "$WORK/bytes"; }
+start_capped_proxy "$RATE"
 
 wait_mounted() {
     for _ in $(seq 2000); do mountpoint -q "$MNT" && return 0; sleep 0.005; done

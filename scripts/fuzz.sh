@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers of outside bytes (not part of CI): the bootstrap reader and the
-# blob-side decoders, one target after the other, one worker each.
+# Fuzzes the parsers of outside bytes (not part of CI): the bootstrap reader, the
+# blob-side decoders and the peer wire format, one target after the other, one worker each.
 #
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 60) each
 #   scripts/fuzz.sh bootstrap       just that target
@@ -67,7 +67,7 @@ run_target() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(bootstrap blob_meta)
+[ ${#targets[@]} -gt 0 ] || targets=(bootstrap blob_meta peer_wire)
 for t in "${targets[@]}"; do
     case $t in
     bootstrap)

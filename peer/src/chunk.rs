@@ -6,7 +6,9 @@ use std::fmt;
 /// The digest algorithm of an image (RAFS records one per image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DigestAlgo {
+    /// BLAKE3, 32 bytes (Nydus's default).
     Blake3,
+    /// SHA-256.
     Sha256,
 }
 
@@ -43,7 +45,9 @@ impl DigestAlgo {
 /// A chunk's name across the cluster: its digest and the algorithm that made it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId {
+    /// The algorithm of `digest`.
     pub algo: DigestAlgo,
+    /// The digest of the chunk's uncompressed bytes.
     pub digest: [u8; 32],
 }
 
@@ -70,15 +74,25 @@ impl fmt::Display for ChunkId {
 /// index in that blob's chunk table (the same in every image that uses the blob).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OriginHint {
+    /// The blob (sha256 hex of the blob file, as RAFS names blobs).
     pub blob_id: String,
+    /// The chunk's index in the blob's chunk table.
     pub chunk_index: u32,
 }
+
+/// The key a chunk is routed by: its owners are the members that rank highest for it.
+pub type RouteKey = [u8; 32];
 
 /// One chunk a node wants from the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkWant {
+    /// The chunk.
     pub id: ChunkId,
+    /// What the chunk is routed by (not sent: only the asker routes). The chunk's digest,
+    /// or the blob segment it lies in (see `MeshConfig::route_segment_bytes`).
+    pub route: RouteKey,
     /// Uncompressed size: a peer's answer of any other length is refused unread.
     pub size: u32,
+    /// Where an owner finds it at the origin.
     pub origin: OriginHint,
 }

@@ -25,6 +25,7 @@ pub enum Mark {
 }
 
 impl PeerHealth {
+    /// Skips liars for `bad_for` and silent peers for `down_for`.
     pub fn new(bad_for: Duration, down_for: Duration) -> Self {
         PeerHealth {
             bad_for,
@@ -33,6 +34,7 @@ impl PeerHealth {
         }
     }
 
+    /// Skips `peer` for the time its mark calls for.
     pub fn mark(&self, peer: SocketAddr, mark: Mark) {
         let until = Instant::now()
             + match mark {
@@ -103,6 +105,7 @@ impl Drop for ServeSlot {
 }
 
 impl ServeLimits {
+    /// Limits of `bytes_per_sec` (0: none) and `concurrency` requests per peer.
     pub fn new(bytes_per_sec: u64, concurrency: usize) -> Arc<Self> {
         Arc::new(ServeLimits {
             bytes_per_sec,

@@ -15,6 +15,8 @@
 //! lie, the node goes to the origin itself: the mesh can make a read faster or cheaper,
 //! never wrong, and never much slower.
 
+#![warn(missing_docs)]
+
 pub mod chunk;
 pub mod config;
 pub mod health;

@@ -8,8 +8,10 @@
 //!   heartbeat topic gives; a DHT answers "who is near this key" and would add lookups to
 //!   every routing decision. Gossip also relays: a node connected only to a seed still
 //!   hears everyone.
-//! - **identify** tells each side the other's listen addresses, so nodes learned through
-//!   gossip are dialed directly and the mesh does not hang on its seeds.
+//! - **identify** checks that both sides speak the same protocol version and tells each
+//!   the address the other sees it at (logged, for diagnosing NAT and advertise mistakes).
+//!   Members learned through gossip are dialed directly at the address their heartbeat
+//!   gives, so the mesh does not hang on its seeds.
 //! - **ping** keeps connections honest; a failed ping closes the connection.
 //!
 //! A member not heard from for `member_timeout_ms` drops out; a new one counts from its
@@ -39,6 +41,7 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member that takes chunk requests at `quic`.
     pub fn new(quic: SocketAddr, node: String) -> Self {
         Member {
             key: quic.to_string(),
@@ -65,6 +68,7 @@ pub struct MemberTable {
 }
 
 impl MemberTable {
+    /// A table that holds only `me` so far; others count as gone after `timeout`.
     pub fn new(me: Member, timeout: Duration) -> Arc<Self> {
         Arc::new(MemberTable {
             me,
@@ -73,6 +77,7 @@ impl MemberTable {
         })
     }
 
+    /// This node as a member.
     pub fn me(&self) -> &Member {
         &self.me
     }
@@ -121,12 +126,20 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
+/// Why the membership layer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
+    /// libp2p refused its configuration.
     #[error("setting up libp2p: {0}")]
     Setup(String),
+    /// The TCP listener could not be set up.
     #[error("listening for members on {addr}: {detail}")]
-    Listen { addr: SocketAddr, detail: String },
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What libp2p said.
+        detail: String,
+    },
 }
 
 const TOPIC: &str = "warren/members/1";

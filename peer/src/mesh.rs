@@ -20,26 +20,37 @@ use std::time::Duration;
 /// every chunk with a flipped byte. Only the mesh tests set it.
 pub const FAULT_CORRUPT_ENV: &str = "WARREN_PEER_FAULT_CORRUPT";
 
+/// Why a node could not join the mesh.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error(
         "the peer mesh needs a cluster secret: set `cluster_secret_file` (or `cluster_secret`)"
     )]
+    /// Neither `cluster_secret` nor `cluster_secret_file` is set.
     NoSecret,
+    /// The secret file could not be read.
     #[error("reading the cluster secret from {path}: {source}")]
     SecretFile {
+        /// The file named by the config.
         path: std::path::PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The secret is too weak, or the certificates could not be made.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The mesh's own async runtime could not start.
     #[error("starting the mesh's runtime: {0}")]
     Runtime(std::io::Error),
+    /// The UDP port for transfers could not be bound.
     #[error("listening for chunk transfers on udp {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// The membership layer could not start.
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
 }
@@ -54,6 +65,7 @@ pub struct Mesh {
     stats: Arc<MeshStats>,
     replication: usize,
     max_batch: usize,
+    segment_bytes: u64,
 }
 
 fn secret(cfg: &MeshConfig) -> Result<Vec<u8>, MeshError> {
@@ -150,7 +162,13 @@ impl Mesh {
             stats,
             replication: cfg.replication.max(1),
             max_batch: cfg.max_batch.clamp(1, crate::wire::MAX_BATCH),
+            segment_bytes: cfg.route_segment_bytes,
         })
+    }
+
+    /// Size of the blob segments chunks are routed by; 0: each chunk by its digest.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
     }
 
     /// The live members, this node included.
@@ -168,18 +186,19 @@ impl Mesh {
         self.client.health.bad_peers()
     }
 
+    /// The traffic counters so far.
     pub fn stats(&self) -> MeshStatsSnapshot {
         self.stats.snapshot()
     }
 
     /// Whether this node is the chunk's first owner, or alone: it then fetches the
     /// chunk from the origin itself.
-    pub fn owns(&self, chunk: &crate::ChunkId) -> bool {
+    pub fn owns(&self, key: &crate::chunk::RouteKey) -> bool {
         let members = self.table.live();
         members.len() < 2
             || self
                 .router
-                .owners(chunk, &members, 1)
+                .owners(key, &members, 1)
                 .first()
                 .is_none_or(|m| m.key == self.table.me().key)
     }
@@ -203,7 +222,7 @@ impl Mesh {
         let me = self.table.me().key.clone();
         let owners: Vec<Vec<Member>> = wants
             .iter()
-            .map(|w| self.router.owners(&w.id, &members, self.replication))
+            .map(|w| self.router.owners(&w.route, &members, self.replication))
             .collect();
         // Each chunk walks down its owner list: asked of the next usable owner until one
         // answers, or this node itself is next (then it fetches from the origin).

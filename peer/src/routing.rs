@@ -3,14 +3,14 @@
 //! coordination, and a member joining or leaving moves only the chunks it owns or will
 //! own (about 1/N of them).
 
-use crate::chunk::ChunkId;
+use crate::chunk::RouteKey;
 use crate::membership::Member;
 
 /// Finds the members to ask for a chunk. Standalone clusters use [`RendezvousRouter`]; a
 /// Dragonfly scheduler can stand behind the same trait.
 pub trait Router: Send + Sync {
     /// The chunk's owners among `members`, best first, at most `replication` of them.
-    fn owners(&self, chunk: &ChunkId, members: &[Member], replication: usize) -> Vec<Member>;
+    fn owners(&self, key: &RouteKey, members: &[Member], replication: usize) -> Vec<Member>;
 }
 
 /// Rendezvous hashing keyed by each member's advertised address, which stays the same
@@ -18,10 +18,10 @@ pub trait Router: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RendezvousRouter;
 
-/// The weight of `member` for `chunk`.
-pub fn weight(member_key: &str, chunk: &ChunkId) -> u64 {
+/// The weight of `member` for `key`.
+pub fn weight(member_key: &str, key: &RouteKey) -> u64 {
     let mut h = blake3::Hasher::new();
-    h.update(&chunk.digest);
+    h.update(key);
     h.update(member_key.as_bytes());
     let out = h.finalize();
     let mut w = [0u8; 8];
@@ -30,9 +30,9 @@ pub fn weight(member_key: &str, chunk: &ChunkId) -> u64 {
 }
 
 impl Router for RendezvousRouter {
-    fn owners(&self, chunk: &ChunkId, members: &[Member], replication: usize) -> Vec<Member> {
+    fn owners(&self, key: &RouteKey, members: &[Member], replication: usize) -> Vec<Member> {
         let mut scored: Vec<(u64, &Member)> =
-            members.iter().map(|m| (weight(&m.key, chunk), m)).collect();
+            members.iter().map(|m| (weight(&m.key, key), m)).collect();
         scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
         scored
             .into_iter()
@@ -45,7 +45,6 @@ impl Router for RendezvousRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::DigestAlgo;
 
     fn member(i: u8) -> Member {
         let addr = std::net::SocketAddr::from(([127, 0, 0, i], 7170));
@@ -56,11 +55,8 @@ mod tests {
         }
     }
 
-    fn chunk(i: u32) -> ChunkId {
-        ChunkId {
-            algo: DigestAlgo::Blake3,
-            digest: *blake3::hash(&i.to_le_bytes()).as_bytes(),
-        }
+    fn chunk(i: u32) -> RouteKey {
+        *blake3::hash(&i.to_le_bytes()).as_bytes()
     }
 
     #[test]

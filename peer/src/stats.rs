@@ -9,6 +9,7 @@ pub struct MeshStats {
     pub requests: AtomicU64,
     /// Verified chunks received from peers, and their bytes.
     pub received_chunks: AtomicU64,
+    /// Bytes of those chunks.
     pub received_bytes: AtomicU64,
     /// Chunks a peer did not have (or could not fetch).
     pub peer_misses: AtomicU64,
@@ -20,6 +21,7 @@ pub struct MeshStats {
     pub bad_chunks: AtomicU64,
     /// Chunks and bytes this node served to others.
     pub served_chunks: AtomicU64,
+    /// Bytes of those chunks.
     pub served_bytes: AtomicU64,
     /// Requests refused because a peer was over its limits.
     pub served_busy: AtomicU64,
@@ -32,17 +34,29 @@ pub struct MeshStats {
 /// A copy of [`MeshStats`] at one moment.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct MeshStatsSnapshot {
+    /// See [`MeshStats::requests`].
     pub requests: u64,
+    /// See [`MeshStats::received_chunks`].
     pub received_chunks: u64,
+    /// See [`MeshStats::received_bytes`].
     pub received_bytes: u64,
+    /// See [`MeshStats::peer_misses`].
     pub peer_misses: u64,
+    /// See [`MeshStats::peer_errors`].
     pub peer_errors: u64,
+    /// See [`MeshStats::hedges`].
     pub hedges: u64,
+    /// See [`MeshStats::bad_chunks`].
     pub bad_chunks: u64,
+    /// See [`MeshStats::served_chunks`].
     pub served_chunks: u64,
+    /// See [`MeshStats::served_bytes`].
     pub served_bytes: u64,
+    /// See [`MeshStats::served_busy`].
     pub served_busy: u64,
+    /// See [`MeshStats::owner_fetches`].
     pub owner_fetches: u64,
+    /// See [`MeshStats::owner_dedup`].
     pub owner_dedup: u64,
 }
 
@@ -51,6 +65,7 @@ impl MeshStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The counters' values now.
     pub fn snapshot(&self) -> MeshStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MeshStatsSnapshot {

@@ -20,16 +20,22 @@ pub const PEER_NAME: &str = "warren-peer";
 /// ALPN of the transfer protocol.
 pub const ALPN: &[u8] = b"warren-peer/1";
 
+/// Why a member's keys or TLS settings could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
+    /// The secret is too short to protect a cluster.
     #[error("the cluster secret is empty or shorter than 16 bytes")]
     WeakSecret,
+    /// rcgen could not make the CA or the member's certificate.
     #[error("building the cluster certificates: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// rustls refused the keys or certificates.
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
     #[error("building the client certificate check: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the TLS configuration.
     #[error("QUIC does not accept the TLS configuration: {0}")]
     Quic(String),
 }

@@ -15,6 +15,7 @@
 
 use crate::chunk::{ChunkId, ChunkWant, DigestAlgo, OriginHint};
 
+/// The protocol version this node speaks (the first byte of every message).
 pub const VERSION: u8 = 1;
 /// Most chunks one request may name.
 pub const MAX_BATCH: usize = 256;
@@ -29,22 +30,31 @@ pub const ITEM_HEADER: usize = 7;
 
 const FLAG_AS_OWNER: u8 = 1;
 
+/// What is wrong with a message from a peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
+    /// Another protocol version.
     #[error("protocol version {0} (this node speaks {VERSION})")]
     Version(u8),
+    /// The message ended inside the named field.
     #[error("message cut short: {0}")]
     Truncated(&'static str),
+    /// Bytes after the last entry.
     #[error("{0} trailing bytes after the request")]
     Trailing(usize),
+    /// Too few or too many chunks in one request.
     #[error("request names {0} chunks (1..={MAX_BATCH} allowed)")]
     BatchSize(usize),
+    /// A digest algorithm code this node does not know.
     #[error("unknown digest algorithm {0}")]
     Algo(u8),
+    /// A blob id that is too long or not UTF-8.
     #[error("blob id of {0} bytes (at most {MAX_BLOB_ID}, UTF-8)")]
     BlobId(usize),
+    /// An unknown flags, status or outcome code.
     #[error("unknown {0} code {1}")]
     Code(&'static str, u8),
+    /// A chunk length over the limit, or a length where none belongs.
     #[error("chunk of {0} bytes (at most {MAX_CHUNK})")]
     ChunkSize(u32),
 }
@@ -53,22 +63,27 @@ pub enum WireError {
 /// from the origin (it is their owner) or only serve what it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Fetch what is missing from the origin (the asked node owns the chunks).
     pub as_owner: bool,
+    /// The chunks, at most [`MAX_BATCH`].
     pub wants: Vec<ChunkWant>,
 }
 
 /// How the asked node took a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Answers follow.
     Accepted,
     /// Over its rate or load limits: ask elsewhere.
     Busy,
+    /// The request did not decode.
     BadRequest,
 }
 
 /// What became of one requested chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The chunk's bytes follow.
     Data,
     /// Not held (and, when asked as owner, not fetchable: the node does not know the blob).
     Miss,
@@ -79,11 +94,15 @@ pub enum Outcome {
 /// The header of one response item; `len` bytes of chunk data follow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItemHeader {
+    /// Index of the entry in the request.
     pub entry: u16,
+    /// What became of it.
     pub outcome: Outcome,
+    /// Bytes of chunk data that follow (0 unless `Data`).
     pub len: u32,
 }
 
+/// The request's bytes; refuses an empty or oversized batch and overlong blob ids.
 pub fn encode_request(req: &Request) -> Result<Vec<u8>, WireError> {
     if req.wants.is_empty() || req.wants.len() > MAX_BATCH {
         return Err(WireError::BatchSize(req.wants.len()));
@@ -137,6 +156,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Decodes a whole request; every length is bounded before anything is allocated.
 pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
     let mut c = Cursor { buf };
     let version = c.u8("version")?;
@@ -144,6 +164,9 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
         return Err(WireError::Version(version));
     }
     let flags = c.u8("flags")?;
+    if flags & !FLAG_AS_OWNER != 0 {
+        return Err(WireError::Code("flags", flags));
+    }
     let count = c.u16("count")? as usize;
     if count == 0 || count > MAX_BATCH {
         return Err(WireError::BatchSize(count));
@@ -168,6 +191,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
         let chunk_index = c.u32("chunk index")?;
         wants.push(ChunkWant {
             id: ChunkId { algo, digest },
+            route: digest,
             size,
             origin: OriginHint {
                 blob_id,
@@ -184,6 +208,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
     })
 }
 
+/// The first two bytes of a response.
 pub fn encode_response_header(status: Status) -> [u8; 2] {
     let code = match status {
         Status::Accepted => 0,
@@ -193,6 +218,7 @@ pub fn encode_response_header(status: Status) -> [u8; 2] {
     [VERSION, code]
 }
 
+/// Reads the first two bytes of a response.
 pub fn decode_response_header(b: [u8; 2]) -> Result<Status, WireError> {
     if b[0] != VERSION {
         return Err(WireError::Version(b[0]));
@@ -205,6 +231,7 @@ pub fn decode_response_header(b: [u8; 2]) -> Result<Status, WireError> {
     }
 }
 
+/// The header of one response item.
 pub fn encode_item_header(h: ItemHeader) -> [u8; ITEM_HEADER] {
     let mut out = [0u8; ITEM_HEADER];
     out[..2].copy_from_slice(&h.entry.to_be_bytes());
@@ -217,6 +244,7 @@ pub fn encode_item_header(h: ItemHeader) -> [u8; ITEM_HEADER] {
     out
 }
 
+/// Reads one item header; refuses oversized lengths and bodies on misses.
 pub fn decode_item_header(b: [u8; ITEM_HEADER]) -> Result<ItemHeader, WireError> {
     let outcome = match b[2] {
         0 => Outcome::Data,
@@ -257,6 +285,7 @@ mod tests {
                     },
                     digest,
                 },
+                route: digest,
                 size,
                 origin: OriginHint {
                     blob_id,

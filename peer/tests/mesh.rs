@@ -93,6 +93,7 @@ fn wants(origin: &Origin) -> Vec<ChunkWant> {
         .enumerate()
         .map(|(i, (id, data))| ChunkWant {
             id: *id,
+            route: id.digest,
             size: data.len() as u32,
             origin: OriginHint {
                 blob_id: "blob".into(),

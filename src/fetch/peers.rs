@@ -15,14 +15,17 @@ use crate::rafs::image::{ChunkDigest, ChunkRef};
 use crate::rafs::Digester;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use warren_peer::chunk::RouteKey;
 use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, OriginHint};
 
 /// Where the chain asks for chunks it does not hold before it goes to the origin.
 pub trait PeerSource: Send + Sync {
     /// Each chunk from the mesh, verified; `None` where the origin must be asked.
     fn fetch(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>>;
-    /// Whether this node is the chunk's first owner (it then goes to the origin itself).
-    fn owns(&self, chunk: &ChunkId) -> bool;
+    /// Whether this node is the first owner of `key` (it then goes to the origin itself).
+    fn owns(&self, key: &RouteKey) -> bool;
+    /// Size of the blob segments chunks are routed by; 0: by their digests.
+    fn segment_bytes(&self) -> u64;
 }
 
 impl PeerSource for Mesh {
@@ -30,8 +33,12 @@ impl PeerSource for Mesh {
         Mesh::fetch(self, wants)
     }
 
-    fn owns(&self, chunk: &ChunkId) -> bool {
-        Mesh::owns(self, chunk)
+    fn owns(&self, key: &RouteKey) -> bool {
+        Mesh::owns(self, key)
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        Mesh::segment_bytes(self)
     }
 }
 
@@ -53,6 +60,9 @@ fn store_key(id: &ChunkId) -> ChunkKey {
     ChunkKey::new(digester(id.algo), ChunkDigest(id.digest))
 }
 
+/// Most origin requests one read (or one member's ask) makes at the same time.
+const ORIGIN_REQUESTS_AT_ONCE: usize = 8;
+
 type Owned = Vec<(ChunkRef, Arc<Slot>)>;
 /// A claimed chunk and what the mesh gave for it.
 type Answered = Vec<(ChunkRef, Arc<Slot>, Option<Arc<Vec<u8>>>)>;
@@ -63,13 +73,24 @@ impl FetchChain {
         let _ = self.peers.set(peers);
     }
 
-    fn want(&self, c: ChunkRef) -> ChunkWant {
+    fn want(&self, c: ChunkRef, segment_bytes: u64) -> ChunkWant {
         let info = self.info(c);
+        let blob_id = &self.image.blobs[c.blob as usize].blob_id;
+        let route = match info.compressed_offset.checked_div(segment_bytes) {
+            Some(segment) => {
+                let mut h = blake3::Hasher::new();
+                h.update(blob_id.as_bytes());
+                h.update(&segment.to_le_bytes());
+                *h.finalize().as_bytes()
+            }
+            None => info.digest.0,
+        };
         ChunkWant {
             id: ChunkId {
                 algo: algo(self.image.digester),
                 digest: info.digest.0,
             },
+            route,
             size: info.uncompressed_size,
             origin: OriginHint {
                 blob_id: self.image.blobs[c.blob as usize].blob_id.clone(),
@@ -93,7 +114,7 @@ impl FetchChain {
         };
         let (theirs, mine): (Owned, Owned) = owned
             .into_iter()
-            .partition(|(c, _)| !peers.owns(&self.want(*c).id));
+            .partition(|(c, _)| !peers.owns(&self.want(*c, peers.segment_bytes()).route));
         let from_peers = std::thread::scope(|s| {
             let asked = s.spawn(|| self.ask_peers(peers.as_ref(), theirs));
             self.fetch_from_origin(mine, found);
@@ -127,7 +148,8 @@ impl FetchChain {
         for (_, slot) in &theirs {
             slot.set_asking_peers(true);
         }
-        let wants: Vec<ChunkWant> = theirs.iter().map(|(c, _)| self.want(*c)).collect();
+        let segment = peers.segment_bytes();
+        let wants: Vec<ChunkWant> = theirs.iter().map(|(c, _)| self.want(*c, segment)).collect();
         let got = peers.fetch(&wants);
         theirs
             .into_iter()
@@ -139,12 +161,38 @@ impl FetchChain {
             .collect()
     }
 
+    /// One origin request per run of adjacent chunks, several at a time: with the mesh a
+    /// node's share of a read window is scattered (its peers own the chunks between), and
+    /// one request after another would add their latencies up.
     fn fetch_from_origin(&self, owned: Owned, found: &mut HashMap<ChunkDigest, ChunkResult>) {
-        for run in self.runs(owned) {
-            for (c, result) in self.fetch_run(run) {
+        let runs = self.runs(owned);
+        if runs.len() <= 1 {
+            for (c, result) in runs.into_iter().flat_map(|run| self.fetch_run(run)) {
                 found.insert(self.info(c).digest, result);
             }
+            return;
         }
+        let queue = Mutex::new(runs.into_iter());
+        let next = || queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+        let workers = ORIGIN_REQUESTS_AT_ONCE.min(queue.lock().map_or(1, |q| q.len()));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        while let Some(run) = next() {
+                            done.extend(self.fetch_run(run));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (c, result) in h.join().unwrap_or_default() {
+                    found.insert(self.info(c).digest, result);
+                }
+            }
+        });
     }
 }
 

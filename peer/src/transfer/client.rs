@@ -10,6 +10,7 @@ use crate::trust::PEER_NAME;
 use crate::wire::{self, Outcome, Request, Status};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -24,10 +25,13 @@ pub struct Client {
     stats: Arc<MeshStats>,
     connect_timeout: Duration,
     hedge: Duration,
+    /// Moving average of how long peers take to accept, in microseconds.
+    accept_average_us: AtomicU64,
     deadline: Duration,
 }
 
 impl Client {
+    /// A client over `endpoint` that gives an owner `hedge` to accept and `deadline` to answer.
     pub fn new(
         endpoint: quinn::Endpoint,
         health: Arc<PeerHealth>,
@@ -43,6 +47,7 @@ impl Client {
             stats,
             connect_timeout: (hedge * 10).clamp(Duration::from_millis(250), Duration::from_secs(2)),
             hedge,
+            accept_average_us: AtomicU64::new(0),
             deadline,
         }
     }
@@ -81,6 +86,27 @@ impl Client {
         }
     }
 
+    /// The configured hedge, or four times the usual accept time when the cluster is
+    /// slower than that (an overloaded machine): hedging then only cuts off outliers,
+    /// instead of sending every request on to a second owner and the origin.
+    fn hedge_budget(&self) -> Duration {
+        let usual = Duration::from_micros(self.accept_average_us.load(Ordering::Relaxed));
+        self.hedge.max(usual * 4).min(self.deadline)
+    }
+
+    fn note_accept(&self, took: Duration) {
+        let sample = took.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .accept_average_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    sample
+                } else {
+                    avg - avg / 8 + sample / 8
+                })
+            });
+    }
+
     fn failed(&self, peer: SocketAddr, n: usize, why: &str) -> Vec<Answer> {
         tracing::debug!(%peer, why, "peer request failed");
         MeshStats::add(&self.stats.peer_errors, 1);
@@ -98,6 +124,7 @@ impl Client {
             return vec![Answer::Failed; n];
         };
         MeshStats::add(&self.stats.requests, 1);
+        let started = std::time::Instant::now();
         let Some(conn) = self.connection(peer).await else {
             return self.failed(peer, n, "no connection");
         };
@@ -109,12 +136,15 @@ impl Client {
             recv.read_exact(&mut header).await.ok()?;
             Some((recv, header))
         };
-        let (mut recv, header) = match timeout(self.hedge, opened).await {
+        let (mut recv, header) = match timeout(self.hedge_budget(), opened).await {
             Ok(Some(x)) => x,
             Ok(None) => return self.failed(peer, n, "stream failed"),
             Err(_) => {
+                // Slow is not down (a busy machine accepts late): this request goes on to
+                // the next owner, the next one still asks this peer first.
                 MeshStats::add(&self.stats.hedges, 1);
-                return self.failed(peer, n, "not accepted within the hedge budget");
+                tracing::debug!(%peer, "not accepted within the hedge budget");
+                return vec![Answer::Failed; n];
             }
         };
         match wire::decode_response_header(header) {
@@ -125,12 +155,15 @@ impl Client {
             }
             Ok(Status::BadRequest) | Err(_) => return self.failed(peer, n, "request refused"),
         }
+        let accepted = started.elapsed();
+        self.note_accept(accepted);
         let mut answers: Vec<Option<Answer>> = vec![None; n];
         let read_all = self.read_items(peer, &mut recv, wants, &mut answers);
         if timeout(self.deadline, read_all).await.is_err() {
             let _ = recv.stop(0u32.into());
             self.failed(peer, 0, "answer not complete before the deadline");
         }
+        tracing::debug!(%peer, chunks = n, ?accepted, took = ?started.elapsed(), "asked a peer");
         answers
             .into_iter()
             .map(|a| a.unwrap_or(Answer::Failed))
@@ -195,6 +228,7 @@ impl Client {
         tracing::error!(%peer, chunk = %want.id, why, "peer served a bad chunk; shunning it");
     }
 
+    /// Closes every connection (the node is leaving).
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"node stopping");
     }

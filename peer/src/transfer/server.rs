@@ -15,8 +15,11 @@ type Shared = Option<Arc<Vec<u8>>>;
 
 /// State shared by every connection the server takes.
 pub struct ServeContext {
+    /// The node's chunks and origins.
     pub provider: Arc<dyn ChunkProvider>,
+    /// Per-peer serving limits.
     pub limits: Arc<ServeLimits>,
+    /// Where serving is counted.
     pub stats: Arc<MeshStats>,
     /// Owner fetches in progress, by chunk: later asks wait for the first one's result.
     owner_fetches: Mutex<HashMap<ChunkId, watch::Receiver<Option<Shared>>>>,
@@ -25,6 +28,7 @@ pub struct ServeContext {
 }
 
 impl ServeContext {
+    /// The serving state; `corrupt` is the lying-member test hook.
     pub fn new(
         provider: Arc<dyn ChunkProvider>,
         limits: Arc<ServeLimits>,
@@ -218,9 +222,11 @@ async fn owner_fetch(
             .collect();
         let provider = ctx.provider.clone();
         let list: Vec<ChunkWant> = mine.iter().map(|(_, w, _)| w.clone()).collect();
+        let started = std::time::Instant::now();
         let results = tokio::task::spawn_blocking(move || provider.fetch_as_owner(&list))
             .await
             .unwrap_or_default();
+        tracing::debug!(chunks = results.len(), took = ?started.elapsed(), "fetched as owner");
         for (k, (i, _, tx)) in mine.into_iter().enumerate() {
             let r = results.get(k).cloned().flatten();
             let _ = tx.send(Some(r.clone()));
