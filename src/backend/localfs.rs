@@ -52,4 +52,8 @@ impl BlobBackend for LocalFs {
     fn kind(&self) -> &'static str {
         "localfs"
     }
+
+    fn remote(&self) -> bool {
+        false
+    }
 }

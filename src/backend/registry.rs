@@ -55,6 +55,22 @@ impl BlobBackend for RegistryBackend {
             })
     }
 
+    fn read_range_streamed(
+        &self,
+        blob_id: &str,
+        offset: u64,
+        len: usize,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> std::io::Result<()> {
+        let digest = digest_of(blob_id)?;
+        self.client
+            .read_blob_range_streamed(&self.repo, &digest, offset, len, sink)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "registry read failed");
+                std::io::Error::from(e)
+            })
+    }
+
     fn kind(&self) -> &'static str {
         "registry"
     }

@@ -81,6 +81,14 @@ impl InFlight {
         }
     }
 
+    /// Whether someone is fetching this chunk right now.
+    pub fn contains(&self, digest: &ChunkDigest) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
+    }
+
     /// Publishes the owner's result to every waiter and forgets the digest.
     pub fn finish(&self, digest: &ChunkDigest, slot: &Slot, result: ChunkResult) {
         self.slots

@@ -7,8 +7,10 @@
 //!
 //! The peer mesh slots in between the cache and the origin.
 
+mod background;
 pub mod cache;
 pub mod inflight;
+mod origin;
 pub mod peers;
 pub mod prefetch;
 
@@ -18,7 +20,7 @@ use crate::rafs::image::{ChunkDigest, ChunkInfo, ChunkRef, Image, InodeId, Inode
 use cache::{ChunkCache, ChunkKey, Lookup};
 use inflight::{ChunkResult, Claim, InFlight};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -110,6 +112,46 @@ impl HotChunks {
     }
 }
 
+/// What [`FetchChain::claim`] sorted a list of chunks into.
+struct Claimed {
+    found: HashMap<ChunkDigest, ChunkResult>,
+    /// Claimed by this caller, not in memory or the store: to fetch.
+    owned: Vec<(ChunkRef, Arc<inflight::Slot>)>,
+    /// Being fetched by someone else.
+    waiting: Vec<(ChunkDigest, Arc<inflight::Slot>)>,
+}
+
+/// The bytes of one read: ranges of verified chunks, in file order.
+#[derive(Default)]
+pub struct ReadParts {
+    pieces: Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>,
+    len: usize,
+}
+
+impl ReadParts {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands each piece to `f`, in order.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8])) {
+        for (data, range) in &self.pieces {
+            f(&data[range.clone()]);
+        }
+    }
+
+    /// Hands each piece to `f`, in order, until one fails.
+    pub fn try_for_each<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        self.pieces
+            .iter()
+            .try_for_each(|(data, range)| f(&data[range.clone()]))
+    }
+}
+
 /// Counts an on-demand read for as long as it lives.
 struct OnDemand<'a>(&'a AtomicUsize);
 
@@ -182,7 +224,26 @@ impl FetchChain {
     }
 
     /// Up to `size` bytes of regular file `inode` from `offset` (fewer at the end of file).
-    pub fn read(&self, inode: InodeId, offset: u64, size: u32) -> Result<Vec<u8>, FetchError> {
+    pub fn read(
+        self: &Arc<Self>,
+        inode: InodeId,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FetchError> {
+        let parts = self.read_parts(inode, offset, size)?;
+        let mut out = Vec::with_capacity(parts.len());
+        parts.for_each(|s| out.extend_from_slice(s));
+        Ok(out)
+    }
+
+    /// [`FetchChain::read`] without gathering the bytes into one buffer: the FUSE reply
+    /// copies straight from the chunks.
+    pub fn read_parts(
+        self: &Arc<Self>,
+        inode: InodeId,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReadParts, FetchError> {
         self.on_demand.fetch_add(1, Ordering::Relaxed);
         let _guard = OnDemand(&self.on_demand);
         let ino = &self.image.inodes[inode];
@@ -190,13 +251,13 @@ impl FetchChain {
             return Err(FetchError::NotAFile(inode));
         };
         if offset >= ino.size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadParts::default());
         }
         let end = ino.size.min(offset + size as u64);
         let cs = self.image.chunk_size as u64;
         let (first, last) = ((offset / cs) as usize, ((end - 1) / cs) as usize);
         // Read amplification: the chunks after the requested ones, while they fit the
-        // budget, come along in the same origin requests.
+        // budget, come along (fetched in the background once the reader is answered).
         let mut upto = last;
         let mut budget = self
             .opts
@@ -212,9 +273,9 @@ impl FetchChain {
         }
         let mut wanted = chunks[first..=upto].to_vec();
         self.add_blob_neighbors(&mut wanted, budget);
-        let results = self.fetch_many(&wanted);
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for (k, result) in results.into_iter().take(last - first + 1).enumerate() {
+        let results = self.fetch_window(&wanted, last - first + 1);
+        let mut parts = ReadParts::default();
+        for (k, result) in results.into_iter().enumerate() {
             let data = result.map_err(|detail| {
                 let c = chunks[first + k];
                 FetchError::Chunk {
@@ -227,11 +288,12 @@ impl FetchChain {
             let from = offset.saturating_sub(chunk_start) as usize;
             let to = ((end - chunk_start) as usize).min(data.len());
             if from < to {
-                out.extend_from_slice(&data[from..to]);
+                parts.len += to - from;
+                parts.pieces.push((data, from..to));
             }
         }
-        self.metrics.read_bytes.inc_by(out.len() as u64);
-        Ok(out)
+        self.metrics.read_bytes.inc_by(parts.len as u64);
+        Ok(parts)
     }
 
     /// Read amplification across files: the chunks that follow in the blob usually belong
@@ -244,7 +306,12 @@ impl FetchChain {
             if info.is_hole() {
                 continue;
             }
-            if info.compressed_size as u64 > budget || self.is_local(&info.digest) {
+            // Stop at a chunk already here or on its way: what follows it was most likely
+            // fetched along with it.
+            if info.compressed_size as u64 > budget
+                || self.is_local(&info.digest)
+                || self.inflight.contains(&info.digest)
+            {
                 break;
             }
             budget -= info.compressed_size as u64;
@@ -294,14 +361,100 @@ impl FetchChain {
     }
 
     fn fetch_chunks(&self, refs: &[ChunkRef], ask_peers: bool) -> Vec<ChunkResult> {
+        let Claimed {
+            mut found,
+            owned,
+            waiting,
+        } = self.claim(refs);
+        self.fetch_claimed(owned, ask_peers, &mut found);
+        for (digest, slot) in waiting {
+            let result = if ask_peers {
+                slot.wait()
+            } else {
+                slot.wait_unless_asking_peers()
+                    .unwrap_or_else(|| Err("this node is asking the mesh for it too".into()))
+            };
+            found.insert(digest, result);
+        }
+        refs.iter()
+            .map(|c| found[&self.info(*c).digest].clone())
+            .collect()
+    }
+
+    /// [`FetchChain::fetch_many`] for `refs[..now]`, the chunks a reader waits for. The
+    /// rest (read amplification) is claimed too, so nobody else fetches it, but fetched
+    /// by a background thread: the reader's answer does not wait for the whole window.
+    /// Waiting on a slot this caller owns is safe: the background job finishes every slot
+    /// it was given, with bytes or an error.
+    fn fetch_window(self: &Arc<Self>, refs: &[ChunkRef], now: usize) -> Vec<ChunkResult> {
+        let Claimed {
+            mut found,
+            owned,
+            mut waiting,
+        } = self.claim(refs);
+        let needed: HashSet<ChunkDigest> =
+            refs[..now].iter().map(|c| self.info(*c).digest).collect();
+        let mut later = Vec::new();
+        let mut reader_runs = Vec::new();
+        if self.backend.remote() || self.peers.get().is_some() {
+            // One streamed request per run, reader's chunks and read-ahead together: the
+            // reader waits only until its own chunks have crossed the link (from the
+            // mesh or the origin).
+            let mine = owned
+                .iter()
+                .filter(|(c, _)| needed.contains(&self.info(*c).digest))
+                .map(|(c, slot)| (self.info(*c).digest, slot.clone()));
+            waiting.extend(mine);
+            later = owned;
+        } else {
+            // Runs with a chunk the reader waits for are read now (and only those chunks
+            // expanded now); runs of read-ahead alone go to the background.
+            for run in self.runs(owned) {
+                if run
+                    .iter()
+                    .any(|(c, _)| needed.contains(&self.info(*c).digest))
+                {
+                    reader_runs.push(run);
+                } else {
+                    later.extend(run);
+                }
+            }
+        }
+        if !later.is_empty() {
+            // Counted as on-demand work until done, so prefetch keeps out of its way.
+            self.on_demand.fetch_add(1, Ordering::Relaxed);
+            let chain = self.clone();
+            background::spawn(move || {
+                let _guard = OnDemand(&chain.on_demand);
+                chain.fetch_claimed(later, true, &mut HashMap::new());
+            });
+        }
+        for run in reader_runs {
+            for (c, result) in self.fetch_run_for_reader(run, &needed) {
+                found.insert(self.info(c).digest, result);
+            }
+        }
+        for (digest, slot) in waiting {
+            if needed.contains(&digest) {
+                found.insert(digest, slot.wait());
+            }
+        }
+        refs[..now]
+            .iter()
+            .map(|c| found[&self.info(*c).digest].clone())
+            .collect()
+    }
+
+    /// Looks each chunk up in memory, claims the misses (one fetch per chunk at a time)
+    /// and, for the claims this caller owns, reads the store.
+    fn claim(&self, refs: &[ChunkRef]) -> Claimed {
         let mut found: HashMap<ChunkDigest, ChunkResult> = HashMap::new();
         let mut owned: Vec<(ChunkRef, Arc<inflight::Slot>)> = Vec::new();
         let mut waiting: Vec<(ChunkDigest, Arc<inflight::Slot>)> = Vec::new();
+        let mut seen: HashSet<ChunkDigest> = HashSet::with_capacity(refs.len());
         for &c in refs {
             let digest = self.info(c).digest;
-            if found.contains_key(&digest)
-                || owned.iter().any(|(o, _)| self.info(*o).digest == digest)
-            {
+            if !seen.insert(digest) {
                 continue;
             }
             if let Some(data) = self.in_memory(&digest) {
@@ -325,19 +478,11 @@ impl FetchChain {
                 Claim::Waiter(slot) => waiting.push((digest, slot)),
             }
         }
-        self.fetch_claimed(owned, ask_peers, &mut found);
-        for (digest, slot) in waiting {
-            let result = if ask_peers {
-                slot.wait()
-            } else {
-                slot.wait_unless_asking_peers()
-                    .unwrap_or_else(|| Err("this node is asking the mesh for it too".into()))
-            };
-            found.insert(digest, result);
+        Claimed {
+            found,
+            owned,
+            waiting,
         }
-        refs.iter()
-            .map(|c| found[&self.info(*c).digest].clone())
-            .collect()
     }
 
     fn in_memory(&self, digest: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
@@ -372,133 +517,6 @@ impl FetchChain {
         let data = Arc::new(data);
         self.hot_put(info.digest, &data);
         Some(data)
-    }
-
-    /// Groups chunks that sit back to back in one blob into runs no larger than the
-    /// amplification budget (a single chunk may exceed it).
-    fn runs(
-        &self,
-        mut owned: Vec<(ChunkRef, Arc<inflight::Slot>)>,
-    ) -> Vec<Vec<(ChunkRef, Arc<inflight::Slot>)>> {
-        owned.sort_by_key(|(c, _)| (c.blob, self.info(*c).compressed_offset));
-        let mut runs: Vec<Vec<(ChunkRef, Arc<inflight::Slot>)>> = Vec::new();
-        for item in owned {
-            let info = *self.info(item.0);
-            let joins = runs.last().is_some_and(|run| {
-                let (first, last) = (run[0].0, run[run.len() - 1].0);
-                let (fi, li) = (self.info(first), self.info(last));
-                last.blob == item.0.blob
-                    && li.compressed_offset + li.compressed_size as u64 == info.compressed_offset
-                    && info.compressed_offset + info.compressed_size as u64 - fi.compressed_offset
-                        <= self.opts.amplify_bytes
-            });
-            match runs.last_mut() {
-                Some(run) if joins => run.push(item),
-                _ => runs.push(vec![item]),
-            }
-        }
-        runs
-    }
-
-    /// One origin request for a run of adjacent chunks, then each chunk expanded, verified,
-    /// cached and handed to its waiters. A long run (read amplification) is decoded on
-    /// every core, and each chunk's waiters go on as soon as that chunk is ready.
-    fn fetch_run(&self, run: Vec<(ChunkRef, Arc<inflight::Slot>)>) -> Vec<(ChunkRef, ChunkResult)> {
-        let first = self.info(run[0].0);
-        let last = self.info(run[run.len() - 1].0);
-        let blob = &self.image.blobs[run[0].0.blob as usize];
-        let start = first.compressed_offset;
-        let len = (last.compressed_offset + last.compressed_size as u64 - start) as usize;
-        let kind = self.backend.kind();
-        self.metrics
-            .origin_requests
-            .with_label_values(&[kind])
-            .inc();
-        let bytes = self.backend.read_range(&blob.blob_id, start, len);
-        if bytes.is_err() {
-            self.metrics.origin_errors.with_label_values(&[kind]).inc();
-        }
-        let one = |(c, slot): (ChunkRef, Arc<inflight::Slot>)| {
-            let info = self.info(c);
-            let result = match &bytes {
-                Err(e) => Err(format!("{kind} origin: {e}")),
-                Ok(b) => {
-                    let from = (info.compressed_offset - start) as usize;
-                    self.expand(c, &b[from..from + info.compressed_size as usize])
-                }
-            };
-            self.inflight.finish(&info.digest, &slot, result.clone());
-            (c, result)
-        };
-        if run.len() > 1 {
-            use rayon::prelude::*;
-            run.into_par_iter().map(one).collect()
-        } else {
-            run.into_iter().map(one).collect()
-        }
-    }
-
-    /// Decompresses and verifies one chunk fetched from the origin, then caches it.
-    fn expand(&self, c: ChunkRef, stored: &[u8]) -> ChunkResult {
-        let blob = &self.image.blobs[c.blob as usize];
-        let info = self.info(c);
-        let data = match self.decode(blob, info, stored) {
-            Ok(d) => d,
-            Err(e) if self.image.blobs.len() > 1 => self.search_other_blobs(c).ok_or(e)?,
-            Err(e) => return Err(e),
-        };
-        self.metrics
-            .record_fetch(ChunkSource::Origin, data.len() as u64);
-        let data = Arc::new(data);
-        self.hot_put(info.digest, &data);
-        self.cache.put(&self.key(info.digest), &data);
-        Ok(data)
-    }
-
-    fn decode(
-        &self,
-        blob: &crate::rafs::BlobInfo,
-        info: &ChunkInfo,
-        stored: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        let result = if self.opts.verify {
-            crate::rafs::blobfile::decode_chunk(blob, info, stored, self.image.digester)
-        } else {
-            let codec = if info.compressed {
-                blob.compressor
-            } else {
-                crate::rafs::Compressor::None
-            };
-            codec.decompress(stored, info.uncompressed_size as usize)
-        };
-        result.map_err(|e| {
-            self.metrics.digest_failures.inc();
-            tracing::error!(chunk = %info.digest, blob = %blob.blob_id, error = %e, "chunk from origin failed verification");
-            e.to_string()
-        })
-    }
-
-    /// Images built by nydus-image with --parent-bootstrap may record a chunk under the
-    /// wrong blob: look for bytes with the right digest at the same place in the others.
-    fn search_other_blobs(&self, c: ChunkRef) -> Option<Vec<u8>> {
-        let info = self.info(c);
-        let recorded = &self.image.blobs[c.blob as usize];
-        self.image
-            .blobs
-            .iter()
-            .filter(|b| b.blob_id != recorded.blob_id)
-            .find_map(|b| {
-                let stored = self
-                    .backend
-                    .read_range(
-                        &b.blob_id,
-                        info.compressed_offset,
-                        info.compressed_size as usize,
-                    )
-                    .ok()?;
-                crate::rafs::blobfile::decode_chunk(recorded, info, &stored, self.image.digester)
-                    .ok()
-            })
     }
 }
 

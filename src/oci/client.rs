@@ -192,8 +192,26 @@ impl Client {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, OciError> {
+        let mut out = Vec::with_capacity(len);
+        self.read_blob_range_streamed(repo, digest, offset, len, &mut |piece| {
+            out.extend_from_slice(piece)
+        })?;
+        Ok(out)
+    }
+
+    /// [`Client::read_blob_range`] handing the bytes to `sink` as they arrive, in order,
+    /// each byte once: a retry asks only for what is still missing. On an error `sink`
+    /// may have had part of the range.
+    pub fn read_blob_range_streamed(
+        &self,
+        repo: &str,
+        digest: &str,
+        offset: u64,
+        len: usize,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), OciError> {
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let op = format!(
             "GET blob {}/{repo}@{} bytes {offset}+{len}",
@@ -202,17 +220,19 @@ impl Client {
         );
         let scope = repo_scope(repo, false);
         let end = offset + len as u64 - 1;
+        let mut done = 0usize;
         self.t.retrying(&op, |budget| {
             let started = Instant::now();
+            let from = offset + done as u64;
             let mut req = get(format!("/v2/{repo}/blobs/{digest}"), &scope);
-            req.headers.push(("range", format!("bytes={offset}-{end}")));
+            req.headers.push(("range", format!("bytes={from}-{end}")));
             let resp = check(self.t.send(&req, Some(budget))?, &op)?;
             let mut resp = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
                     let start = content_range_start(&resp);
-                    if start != Some(offset) {
+                    if start != Some(from) {
                         return Err(Failure::Transient(format!(
-                            "the answer starts at {start:?}, not {offset}"
+                            "the answer starts at {start:?}, not {from}"
                         )));
                     }
                     resp
@@ -220,12 +240,12 @@ impl Client {
                 // The origin ignored the range: skip to it (correct, if wasteful).
                 _ => {
                     let mut r = resp;
-                    skip(&mut r, offset, &op)?;
+                    skip(&mut r, from, &op)?;
                     r
                 }
             };
             let deadline = started + budget;
-            read_exact(&mut resp, len, deadline, &self.t)
+            read_streamed(&mut resp, len, &mut done, deadline, &self.t, sink)
         })
     }
 
@@ -417,6 +437,56 @@ fn read_exact(
         .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(out)
 }
+
+/// Reads a body until `*done` reaches `len`, handing each piece to `sink` as it comes
+/// and counting it in `*done`; fewer bytes before `deadline` is a transient failure.
+fn read_streamed(
+    resp: &mut Response,
+    len: usize,
+    done: &mut usize,
+    deadline: Instant,
+    t: &Transport,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<(), Failure> {
+    let mut buf = vec![0u8; (len - *done).min(STREAM_PIECE)];
+    while *done < len {
+        if Instant::now() > deadline {
+            return Err(Failure::Transient(format!(
+                "timed out after {} of {len} bytes",
+                *done
+            )));
+        }
+        let want = (len - *done).min(buf.len());
+        match resp.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(Failure::Transient(format!(
+                    "short read: the body ended after {} of {len} bytes",
+                    *done
+                )))
+            }
+            Ok(n) => {
+                sink(&buf[..n]);
+                *done += n;
+                t.counters
+                    .bytes_in
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Failure::Transient(format!(
+                    "reading the body after {} of {len} bytes: {}",
+                    *done,
+                    io_detail(&e)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most a streamed read hands over at once: small enough that a chunk's reader is
+/// let go soon after its last byte arrives.
+const STREAM_PIECE: usize = 64 << 10;
 
 /// A whole body of at most `max` bytes, checked against Content-Length.
 fn read_all(
