@@ -153,7 +153,6 @@ impl FileSystem for RafsFs {
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::CACHE_SYMLINKS
             | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
             | FsOptions::MAX_PAGES
             | FsOptions::BIG_WRITES
             | FsOptions::ZERO_MESSAGE_OPEN
