@@ -14,8 +14,9 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Chunks waiting in the queue at most; beyond it new chunks are not stored.
-const QUEUE_CHUNKS: usize = 4096;
+/// Chunks waiting in the queue at most; beyond it new chunks are not stored. Room for a
+/// whole image of small files read at once (the bytes are bounded by `QUEUE_BYTES`).
+const QUEUE_CHUNKS: usize = 16384;
 /// Bytes waiting in the queue at most (the queue holds chunks in memory).
 pub(crate) const QUEUE_BYTES: u64 = 256 << 20;
 /// A batch ends at this many bytes or chunks, so one sync covers a lot but a reader's
@@ -35,10 +36,32 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Result<(SyncSender<Msg>, std::thread::
     let (tx, rx) = sync_channel(QUEUE_CHUNKS);
     let handle = std::thread::Builder::new()
         .name("warren-store-writer".into())
-        .spawn(move || run(&inner, rx))
+        .spawn(move || {
+            lower_priority();
+            run(&inner, rx)
+        })
         .map_err(|e| StoreError::io("writer thread", e))?;
     Ok((tx, handle))
 }
+
+/// The writer yields the CPU to readers: what it writes is already being served from
+/// memory, so under load it falls behind (within the queue's bounds) and catches up after.
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id; a failure only leaves the priority as is.
+    let rc = unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            WRITER_NICE,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the store writer's priority");
+    }
+}
+
+/// The writer's nice value: well behind readers, not starved.
+const WRITER_NICE: libc::c_int = 10;
 
 fn run(inner: &Inner, rx: Receiver<Msg>) {
     let mut last_touch_save = Instant::now();
@@ -89,7 +112,24 @@ struct Encoded {
     key: ChunkKey,
     plain_len: u32,
     codec: Compressor,
-    bytes: Vec<u8>,
+    bytes: Stored,
+}
+
+/// A chunk's bytes as appended: compressed (new bytes) or plain (the queued chunk itself,
+/// not a copy of it).
+enum Stored {
+    Compressed(Vec<u8>),
+    Plain(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Stored::Compressed(v) => v,
+            Stored::Plain(v) => v,
+        }
+    }
 }
 
 impl Inner {
@@ -199,7 +239,7 @@ impl Inner {
         // are packed together, as punching one could not free a block anyway.
         let start = align(st.end);
         let mut offsets = Vec::with_capacity(todo.len());
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(total as usize + todo.len() * BLOCK as usize);
         let mut after_big = false;
         for e in &todo {
             let big = e.bytes.len() as u64 >= BLOCK;
@@ -265,11 +305,11 @@ impl Inner {
 
     /// The bytes to append for a chunk: compressed when the store compresses and that
     /// makes it smaller, else plain.
-    fn encode(&self, key: ChunkKey, data: &[u8]) -> Encoded {
+    fn encode(&self, key: ChunkKey, data: &Arc<Vec<u8>>) -> Encoded {
         let codec = self.opts.compression.codec();
         let (codec, bytes) = match codec.compress(data) {
-            Some(c) => (codec, c),
-            None => (Compressor::None, data.to_vec()),
+            Some(c) => (codec, Stored::Compressed(c)),
+            None => (Compressor::None, Stored::Plain(data.clone())),
         };
         Encoded {
             key,
