@@ -256,24 +256,10 @@ impl FetchChain {
         let end = ino.size.min(offset + size as u64);
         let cs = self.image.chunk_size as u64;
         let (first, last) = ((offset / cs) as usize, ((end - 1) / cs) as usize);
-        // Read amplification: the chunks after the requested ones, while they fit the
-        // budget, come along (fetched in the background once the reader is answered).
-        let mut upto = last;
-        let mut budget = self
-            .opts
-            .amplify_bytes
-            .saturating_sub(self.stored_bytes(&chunks[first..=last]));
-        while upto + 1 < chunks.len() {
-            let next = self.info(chunks[upto + 1]).compressed_size as u64;
-            if next > budget {
-                break;
-            }
-            budget -= next;
-            upto += 1;
-        }
-        let mut wanted = chunks[first..=upto].to_vec();
-        self.add_blob_neighbors(&mut wanted, budget);
-        let results = self.fetch_window(&wanted, last - first + 1);
+        let results = match self.all_in_memory(&chunks[first..=last]) {
+            Some(hits) => hits,
+            None => self.fetch_for_read(chunks, first, last),
+        };
         let mut parts = ReadParts::default();
         for (k, result) in results.into_iter().enumerate() {
             let data = result.map_err(|detail| {
@@ -294,6 +280,46 @@ impl FetchChain {
         }
         self.metrics.read_bytes.inc_by(parts.len as u64);
         Ok(parts)
+    }
+
+    /// The chunks of a read and its window: the requested ones, then, while they fit the
+    /// amplification budget, the ones after them (fetched in the background once the
+    /// reader is answered). Results for the requested chunks only.
+    fn fetch_for_read(
+        self: &Arc<Self>,
+        chunks: &[ChunkRef],
+        first: usize,
+        last: usize,
+    ) -> Vec<ChunkResult> {
+        let mut upto = last;
+        let mut budget = self
+            .opts
+            .amplify_bytes
+            .saturating_sub(self.stored_bytes(&chunks[first..=last]));
+        while upto + 1 < chunks.len() {
+            let next = self.info(chunks[upto + 1]).compressed_size as u64;
+            if next > budget {
+                break;
+            }
+            budget -= next;
+            upto += 1;
+        }
+        let mut wanted = chunks[first..=upto].to_vec();
+        self.add_blob_neighbors(&mut wanted, budget);
+        self.fetch_window(&wanted, last - first + 1)
+    }
+
+    /// The warm path: every requested chunk already decoded in memory, so no window, no
+    /// claim. `None` as soon as one is missing.
+    fn all_in_memory(&self, refs: &[ChunkRef]) -> Option<Vec<ChunkResult>> {
+        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        let hits = refs
+            .iter()
+            .map(|c| hot.get(&self.info(*c).digest).map(Ok))
+            .collect::<Option<Vec<_>>>()?;
+        drop(hot);
+        self.metrics.memory_hits.inc_by(hits.len() as u64);
+        Some(hits)
     }
 
     /// Read amplification across files: the chunks that follow in the blob usually belong
