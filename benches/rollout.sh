@@ -12,7 +12,9 @@
 # the lone node's time; without it the registry sends about N times the set.
 #
 # Usage: benches/rollout.sh [--nodes "10 20"] [--rate BYTES_PER_S] [--json] [--keep DIR]
-# (--keep DIR saves each node's metrics and log per run.)
+#                           [--hedge-ms MS]
+# (--keep DIR saves each node's metrics and log per run; --hedge-ms sets `peer.hedge_ms`,
+# default the node's own.)
 # The harness is meant to be kept and extended (more modes, other sets).
 set -euo pipefail
 
@@ -27,13 +29,15 @@ FLEETS="10 20"
 RATE=$((50 * 1000 * 1000))
 JSON=0
 KEEP=
+HEDGE_MS=
 while [ $# -gt 0 ]; do
     case $1 in
     --nodes) FLEETS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --json) JSON=1; shift ;;
     --keep) KEEP=$2; shift 2 ;;
-    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR]" ;;
+    --hedge-ms) HEDGE_MS=$2; shift 2 ;;
+    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS]" ;;
     esac
 done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
@@ -108,6 +112,7 @@ start_fleet() {
                 port=$(free_peer_port "$ip")
                 [ -z "$seed" ] && seed=$ip:$port
                 printf '[peer]\nlisten = "%s:%s"\nseeds = ["%s"]\ncluster_secret_file = "%s"\n' "$ip" "$port" "$seed" "$WORK/secret"
+                [ -n "$HEDGE_MS" ] && printf 'hedge_ms = %s\n' "$HEDGE_MS"
             fi
         } > "$dir/node.toml"
         "$WARREN" node --quiet --config "$dir/node.toml" > "$dir/node.log" 2>&1 &
