@@ -78,6 +78,11 @@ for t in "${targets[@]}"; do
         seed_blob_meta
         run_target blob_meta 65536
         ;;
-    *) die "unknown fuzz target $t (bootstrap, blob_meta)" ;;
+    peer_wire)
+        # No seeds needed: requests are small and the fuzzer finds the framing fast.
+        mkdir -p "$REPO/fuzz/corpus/peer_wire"
+        run_target peer_wire 20000
+        ;;
+    *) die "unknown fuzz target $t (bootstrap, blob_meta, peer_wire)" ;;
     esac
 done

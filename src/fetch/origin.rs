@@ -80,15 +80,21 @@ impl FetchChain {
         self.expand_all(now, start, &bytes)
     }
 
-    /// The one origin request of a run: where it starts, and its bytes or what went wrong.
-    fn read_run(&self, run: &[(ChunkRef, Arc<inflight::Slot>)]) -> (u64, RunBytes) {
-        let (start, len) = self.span(run);
-        let blob = &self.image.blobs[run[0].0.blob as usize];
+    /// Counts one origin request; the backend's kind, for labels and logs.
+    fn count_origin_request(&self) -> &'static str {
         let kind = self.backend.kind();
         self.metrics
             .origin_requests
             .with_label_values(&[kind])
             .inc();
+        kind
+    }
+
+    /// The one origin request of a run: where it starts, and its bytes or what went wrong.
+    fn read_run(&self, run: &[(ChunkRef, Arc<inflight::Slot>)]) -> (u64, RunBytes) {
+        let (start, len) = self.span(run);
+        let blob = &self.image.blobs[run[0].0.blob as usize];
+        let kind = self.count_origin_request();
         let asked = std::time::Instant::now();
         let bytes = self.backend.read_range(&blob.blob_id, start, len);
         tracing::debug!(
@@ -151,11 +157,7 @@ impl FetchChain {
     ) -> Vec<(ChunkRef, ChunkResult)> {
         let (start, len) = self.span(&run);
         let blob = &self.image.blobs[run[0].0.blob as usize];
-        let kind = self.backend.kind();
-        self.metrics
-            .origin_requests
-            .with_label_values(&[kind])
-            .inc();
+        let kind = self.count_origin_request();
         let mut buf = Vec::with_capacity(len);
         let mut out = Vec::with_capacity(run.len());
         let asked = std::time::Instant::now();

@@ -7,7 +7,6 @@
 use super::registry_support::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,33 +176,17 @@ impl MeshNode {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("starting warren node");
+        let mut child = cmd.spawn().expect("starting warren node");
+        wait_for_api(&mut child, &data.join("api.sock"), &log);
         let mnt = work.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let mut node = MeshNode {
+        MeshNode {
             child: Some(child),
             peer_addr,
             socket: data.join("api.sock"),
             log,
             mnt,
             work,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(Ok(Some(st))) = node.child.as_mut().map(|c| c.try_wait()) {
-                panic!("warren node exited ({st}): {}", node.log_text());
-            }
-            if std::os::unix::net::UnixStream::connect(&node.socket).is_ok()
-                && node.api("GET", "/api/v1/daemon", None).0 == 200
-            {
-                return node;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node not up: {}",
-                node.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -213,24 +196,7 @@ impl MeshNode {
 
     /// One request on the API socket: status and body.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, body.to_string())
+        api_request(&self.socket, method, path, body)
     }
 
     pub fn mount(&self, cluster: &Cluster) {

@@ -492,23 +492,8 @@ impl Node {
             log,
             work,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = node.child.try_wait() {
-                panic!("warren node exited ({st}): {}", node.log_text());
-            }
-            if std::os::unix::net::UnixStream::connect(&node.socket).is_ok()
-                && node.api("GET", "/api/v1/daemon", None).0 == 200
-            {
-                return node;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node not up: {}",
-                node.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_api(&mut node.child, &node.socket, &node.log);
+        node
     }
 
     pub fn log_text(&self) -> String {
@@ -517,25 +502,49 @@ impl Node {
 
     /// One request on the API socket: status and body.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, body.to_string())
+        api_request(&self.socket, method, path, body)
     }
+}
+
+/// Waits until a starting `warren node` answers on its API socket; panics with its log
+/// if it exits or takes over 30 s.
+pub fn wait_for_api(child: &mut Child, socket: &Path, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("warren node exited ({st}): {}", log_text());
+        }
+        if std::os::unix::net::UnixStream::connect(socket).is_ok()
+            && api_request(socket, "GET", "/api/v1/daemon", None).0 == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node not up: {}", log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request on a node's API socket: status and body.
+pub fn api_request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }
 
 impl Node {
