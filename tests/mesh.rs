@@ -63,7 +63,7 @@ fn five_nodes_read_one_image_and_the_origin_sends_it_about_once() {
     let registry = cluster.registry_blob_bytes();
     eprintln!(
         "image chunk bytes {}, origin chunk bytes {origin} ({:.3}x), peer bytes {peer}, \
-         registry blob bytes {registry} of {} ({:.3}x); owner fetches {}, owner dedup {}, hedges {}",
+         registry blob bytes {registry} of {} ({:.3}x); owner fetches {}, owner dedup {}, hedges {}, holder hints {}",
         cluster.chunk_bytes,
         origin as f64 / cluster.chunk_bytes as f64,
         cluster.blob_bytes,
@@ -71,6 +71,7 @@ fn five_nodes_read_one_image_and_the_origin_sends_it_about_once() {
         sum(&all, "warren_peer_owner_fetches_total", ""),
         sum(&all, "warren_peer_owner_dedup_total", ""),
         sum(&all, "warren_peer_hedges_total", ""),
+        sum(&all, "warren_peer_redirects_total", ""),
     );
     assert!(
         origin as f64 <= 1.1 * cluster.chunk_bytes as f64,

@@ -54,6 +54,9 @@ pub struct MeshConfig {
     pub serve_concurrency: usize,
     /// Most chunks asked in one request.
     pub max_batch: usize,
+    /// After serving a chunk this many times, point later askers at members that got it
+    /// (holder hints) instead of sending it again; 0 never does.
+    pub redirect_after: u32,
 }
 
 /// Default port of both peer listeners (TCP membership, UDP transfers).
@@ -78,6 +81,8 @@ pub const DEFAULT_BAD_PEER_SECS: u64 = 60;
 pub const DEFAULT_DOWN_PEER_MS: u64 = 2_000;
 /// Default [`MeshConfig::serve_concurrency`].
 pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
+/// Default [`MeshConfig::redirect_after`].
+pub const DEFAULT_REDIRECT_AFTER: u32 = 4;
 /// Default [`MeshConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
@@ -101,6 +106,7 @@ impl Default for MeshConfig {
             serve_bytes_per_sec: 0,
             serve_concurrency: DEFAULT_SERVE_CONCURRENCY,
             max_batch: DEFAULT_MAX_BATCH,
+            redirect_after: DEFAULT_REDIRECT_AFTER,
         }
     }
 }

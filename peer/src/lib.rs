@@ -20,6 +20,7 @@
 pub mod chunk;
 pub mod config;
 pub mod health;
+pub mod holders;
 pub mod membership;
 pub mod mesh;
 pub mod routing;

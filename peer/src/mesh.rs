@@ -140,6 +140,7 @@ impl Mesh {
                 provider,
                 ServeLimits::new(cfg.serve_bytes_per_sec, cfg.serve_concurrency),
                 stats.clone(),
+                cfg.redirect_after,
                 std::env::var(FAULT_CORRUPT_ENV).is_ok_and(|v| v == "1"),
             );
             tokio::spawn(server::serve(endpoint.clone(), ctx));
@@ -225,19 +226,37 @@ impl Mesh {
             .map(|w| self.router.owners(&w.route, &members, self.replication))
             .collect();
         // Each chunk walks down its owner list: asked of the next usable owner until one
-        // answers, or this node itself is next (then it fetches from the origin).
+        // answers, or this node itself is next (then it fetches from the origin). An owner
+        // may point at a holder instead; a holder that fails sends the chunk back to its
+        // owner, asked this time for the bytes.
         let mut next = vec![0usize; wants.len()];
+        let mut holder: Vec<Option<SocketAddr>> = vec![None; wants.len()];
+        let mut no_redirect = vec![false; wants.len()];
         let mut open: Vec<usize> = (0..wants.len()).collect();
         while !open.is_empty() {
-            let mut asks: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+            // (peer, asked as owner, no redirect) -> chunks
+            let mut asks: HashMap<(SocketAddr, bool, bool), Vec<usize>> = HashMap::new();
             for &i in &open {
+                match holder[i] {
+                    Some(h) if self.client.health.usable(h) => {
+                        asks.entry((h, false, true)).or_default().push(i);
+                        continue;
+                    }
+                    Some(_) => {
+                        holder[i] = None;
+                        no_redirect[i] = true;
+                    }
+                    None => {}
+                }
                 while let Some(owner) = owners[i].get(next[i]) {
                     if owner.key == me {
                         next[i] = usize::MAX;
                         break;
                     }
                     if self.client.health.usable(owner.quic) {
-                        asks.entry(owner.quic).or_default().push(i);
+                        asks.entry((owner.quic, true, no_redirect[i]))
+                            .or_default()
+                            .push(i);
                         break;
                     }
                     next[i] += 1;
@@ -247,21 +266,33 @@ impl Mesh {
                 break;
             }
             let mut calls = Vec::new();
-            for (peer, idx) in &asks {
+            for (&(peer, as_owner, no_redirect), idx) in &asks {
                 for batch in idx.chunks(self.max_batch) {
                     let list: Vec<ChunkWant> = batch.iter().map(|&i| wants[i].clone()).collect();
                     let client = self.client.clone();
-                    let peer = *peer;
                     let batch = batch.to_vec();
-                    calls.push(async move { (batch, client.ask(peer, true, &list).await) });
+                    calls.push(async move {
+                        let answers = client.ask(peer, as_owner, no_redirect, &list).await;
+                        (batch, as_owner, answers)
+                    });
                 }
             }
             let mut retry = Vec::new();
-            for (batch, answers) in futures::future::join_all(calls).await {
+            for (batch, as_owner, answers) in futures::future::join_all(calls).await {
                 for (i, answer) in batch.into_iter().zip(answers) {
                     match answer {
                         Answer::Data(d) => results[i] = Some(d),
-                        Answer::Miss | Answer::Failed => {
+                        Answer::Holder(h) if as_owner && !no_redirect[i] => {
+                            holder[i] = Some(h);
+                            retry.push(i);
+                        }
+                        Answer::Miss | Answer::Failed | Answer::Holder(_) if !as_owner => {
+                            // Back to the owner that sent us, for the bytes this time.
+                            holder[i] = None;
+                            no_redirect[i] = true;
+                            retry.push(i);
+                        }
+                        Answer::Miss | Answer::Failed | Answer::Holder(_) => {
                             next[i] += 1;
                             retry.push(i);
                         }

@@ -29,6 +29,8 @@ pub struct MeshStats {
     pub owner_fetches: AtomicU64,
     /// Owner asks that joined a fetch already in flight for the same chunk.
     pub owner_dedup: AtomicU64,
+    /// Chunks this node answered with a holder to ask instead of the bytes.
+    pub redirects: AtomicU64,
 }
 
 /// A copy of [`MeshStats`] at one moment.
@@ -58,6 +60,8 @@ pub struct MeshStatsSnapshot {
     pub owner_fetches: u64,
     /// See [`MeshStats::owner_dedup`].
     pub owner_dedup: u64,
+    /// See [`MeshStats::redirects`].
+    pub redirects: u64,
 }
 
 impl MeshStats {
@@ -81,6 +85,7 @@ impl MeshStats {
             served_busy: get(&self.served_busy),
             owner_fetches: get(&self.owner_fetches),
             owner_dedup: get(&self.owner_dedup),
+            redirects: get(&self.redirects),
         }
     }
 }

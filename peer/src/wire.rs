@@ -1,11 +1,12 @@
 //! The transfer protocol, version 1: one QUIC bidirectional stream per request.
 //!
 //! ```text
-//! request   u8 version | u8 flags (bit 0: "ask as owner") | u16 count
+//! request   u8 version | u8 flags (bit 0: "ask as owner", bit 1: "no redirect") | u16 count
 //!           count x ( u8 algo | [32] digest | u32 size | u16 len | blob id | u32 chunk index )
 //! response  u8 version | u8 status (0 accepted, 1 busy, 2 bad request)
 //!           then per entry, in any order:
-//!           u16 entry | u8 outcome (0 data, 1 miss, 2 failed) | u32 len | len bytes
+//!           u16 entry | u8 outcome (0 data, 1 miss, 2 failed, 3 holder) | u32 len | len bytes
+//!           (a holder item's bytes are the address of a member that holds the chunk)
 //! ```
 //!
 //! The response header goes out before any chunk is looked up, so a requester can tell a
@@ -29,6 +30,9 @@ pub const MAX_REQUEST: usize = 4 + MAX_BATCH * (1 + 32 + 4 + 2 + MAX_BLOB_ID + 4
 pub const ITEM_HEADER: usize = 7;
 
 const FLAG_AS_OWNER: u8 = 1;
+const FLAG_NO_REDIRECT: u8 = 2;
+/// Longest holder address in a response (`[v6 address]:port` fits).
+pub const MAX_HOLDER_ADDR: u32 = 64;
 
 /// What is wrong with a message from a peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub enum WireError {
 pub struct Request {
     /// Fetch what is missing from the origin (the asked node owns the chunks).
     pub as_owner: bool,
+    /// Answer with bytes, never with a holder to ask instead (the asker came back from one).
+    pub no_redirect: bool,
     /// The chunks, at most [`MAX_BATCH`].
     pub wants: Vec<ChunkWant>,
 }
@@ -89,6 +95,9 @@ pub enum Outcome {
     Miss,
     /// The origin fetch failed.
     Failed,
+    /// Ask the member whose address follows: it holds the chunk (the asked node has served
+    /// it often enough and spreads the load).
+    Holder,
 }
 
 /// The header of one response item; `len` bytes of chunk data follow it.
@@ -109,7 +118,14 @@ pub fn encode_request(req: &Request) -> Result<Vec<u8>, WireError> {
     }
     let mut out = Vec::with_capacity(4 + req.wants.len() * 110);
     out.push(VERSION);
-    out.push(if req.as_owner { FLAG_AS_OWNER } else { 0 });
+    let mut flags = 0;
+    if req.as_owner {
+        flags |= FLAG_AS_OWNER;
+    }
+    if req.no_redirect {
+        flags |= FLAG_NO_REDIRECT;
+    }
+    out.push(flags);
     out.extend_from_slice(&(req.wants.len() as u16).to_be_bytes());
     for w in &req.wants {
         let blob = w.origin.blob_id.as_bytes();
@@ -164,7 +180,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
         return Err(WireError::Version(version));
     }
     let flags = c.u8("flags")?;
-    if flags & !FLAG_AS_OWNER != 0 {
+    if flags & !(FLAG_AS_OWNER | FLAG_NO_REDIRECT) != 0 {
         return Err(WireError::Code("flags", flags));
     }
     let count = c.u16("count")? as usize;
@@ -204,6 +220,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Request, WireError> {
     }
     Ok(Request {
         as_owner: flags & FLAG_AS_OWNER != 0,
+        no_redirect: flags & FLAG_NO_REDIRECT != 0,
         wants,
     })
 }
@@ -239,6 +256,7 @@ pub fn encode_item_header(h: ItemHeader) -> [u8; ITEM_HEADER] {
         Outcome::Data => 0,
         Outcome::Miss => 1,
         Outcome::Failed => 2,
+        Outcome::Holder => 3,
     };
     out[3..].copy_from_slice(&h.len.to_be_bytes());
     out
@@ -250,10 +268,16 @@ pub fn decode_item_header(b: [u8; ITEM_HEADER]) -> Result<ItemHeader, WireError>
         0 => Outcome::Data,
         1 => Outcome::Miss,
         2 => Outcome::Failed,
+        3 => Outcome::Holder,
         other => return Err(WireError::Code("outcome", other)),
     };
     let len = u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
-    if len > MAX_CHUNK || (outcome != Outcome::Data && len != 0) {
+    let fits = match outcome {
+        Outcome::Data => len <= MAX_CHUNK,
+        Outcome::Holder => (1..=MAX_HOLDER_ADDR).contains(&len),
+        Outcome::Miss | Outcome::Failed => len == 0,
+    };
+    if !fits {
         return Err(WireError::ChunkSize(len));
     }
     Ok(ItemHeader {
@@ -296,8 +320,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn requests_round_trip(as_owner: bool, wants in prop::collection::vec(want(), 1..20)) {
-            let req = Request { as_owner, wants };
+        fn requests_round_trip(as_owner: bool, no_redirect: bool, wants in prop::collection::vec(want(), 1..20)) {
+            let req = Request { as_owner, no_redirect, wants };
             let bytes = encode_request(&req).unwrap();
             prop_assert_eq!(decode_request(&bytes).unwrap(), req);
         }
@@ -314,7 +338,7 @@ mod tests {
 
         #[test]
         fn truncated_requests_are_errors(wants in prop::collection::vec(want(), 1..4), cut in 1usize..50) {
-            let bytes = encode_request(&Request { as_owner: true, wants }).unwrap();
+            let bytes = encode_request(&Request { as_owner: true, no_redirect: false, wants }).unwrap();
             let keep = bytes.len().saturating_sub(cut);
             prop_assert!(decode_request(&bytes[..keep]).is_err());
         }

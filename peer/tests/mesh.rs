@@ -198,3 +198,47 @@ fn a_lying_member_is_shunned() {
     assert!(honest.fetch(&wants).iter().all(|r| r.is_none()));
     assert_eq!(honest.stats().requests, before);
 }
+
+#[test]
+fn owners_point_later_askers_at_holders() {
+    let origin = origin(60);
+    let seed = free_port([127, 0, 0, 1]);
+    let secret = "holder-hint-test-secret";
+    let start_with = |ip: u8| {
+        let listen = if ip == 1 {
+            seed
+        } else {
+            free_port([127, 0, 0, ip])
+        };
+        let node = Arc::new(MemoryNode {
+            origin: origin.clone(),
+            held: Mutex::new(HashMap::new()),
+        });
+        let cfg = MeshConfig {
+            redirect_after: 1,
+            ..config(listen, seed, secret)
+        };
+        (
+            Mesh::start(&cfg, &format!("n{ip}"), node.clone()).unwrap(),
+            node,
+        )
+    };
+    let nodes: Vec<_> = (1..=4).map(start_with).collect();
+    wait_members(&nodes.iter().map(|(m, _)| m).collect::<Vec<_>>(), 4);
+    let wants = wants(&origin);
+    // One after the other: by the time the later ones ask, earlier ones hold the chunks.
+    for (mesh, node) in &nodes {
+        for (w, got) in wants.iter().zip(mesh.fetch(&wants)) {
+            let data = got.or_else(|| node.fetch_origin(&w.id)).unwrap();
+            assert!(w.id.matches(&data));
+        }
+    }
+    let stats: Vec<_> = nodes.iter().map(|(m, _)| m.stats()).collect();
+    let redirects: u64 = stats.iter().map(|s| s.redirects).sum();
+    assert!(redirects > 0, "{stats:?}");
+    assert_eq!(origin.fetches.load(Ordering::SeqCst), 60);
+    // Every chunk received was sent by an owner or a holder (and verified on arrival).
+    let served: u64 = stats.iter().map(|s| s.served_chunks).sum();
+    let received: u64 = stats.iter().map(|s| s.received_chunks).sum();
+    assert_eq!(served, received);
+}

@@ -321,7 +321,7 @@ const MESH_GAUGES: [Figure<MeshFigures>; 2] = [
     ),
 ];
 
-const MESH_COUNTERS: [Figure<MeshFigures>; 12] = [
+const MESH_COUNTERS: [Figure<MeshFigures>; 13] = [
     (
         "warren_peer_requests_total",
         "Chunk requests sent to peers",
@@ -381,6 +381,11 @@ const MESH_COUNTERS: [Figure<MeshFigures>; 12] = [
         "warren_peer_owner_dedup_total",
         "Owner asks that joined a fetch of the same chunk already in flight",
         |m| m.stats.owner_dedup,
+    ),
+    (
+        "warren_peer_redirects_total",
+        "Chunks answered with a holder to ask instead of the bytes (holder hints)",
+        |m| m.stats.redirects,
     ),
 ];
 

@@ -114,11 +114,19 @@ impl Client {
         vec![Answer::Failed; n]
     }
 
-    /// Asks `peer` for `wants`; `as_owner` asks it to fetch what it lacks from the origin.
-    pub async fn ask(&self, peer: SocketAddr, as_owner: bool, wants: &[ChunkWant]) -> Vec<Answer> {
+    /// Asks `peer` for `wants`; `as_owner` asks it to fetch what it lacks from the origin,
+    /// `no_redirect` to answer with bytes rather than point at a holder.
+    pub async fn ask(
+        &self,
+        peer: SocketAddr,
+        as_owner: bool,
+        no_redirect: bool,
+        wants: &[ChunkWant],
+    ) -> Vec<Answer> {
         let n = wants.len();
         let Ok(request) = wire::encode_request(&Request {
             as_owner,
+            no_redirect,
             wants: wants.to_vec(),
         }) else {
             return vec![Answer::Failed; n];
@@ -200,6 +208,19 @@ impl Client {
                     Answer::Miss
                 }
                 Outcome::Failed => Answer::Miss,
+                Outcome::Holder => {
+                    let mut addr = vec![0u8; header.len as usize];
+                    if recv.read_exact(&mut addr).await.is_err() {
+                        return;
+                    }
+                    match std::str::from_utf8(&addr).ok().and_then(|a| a.parse().ok()) {
+                        Some(holder) if holder != peer => Answer::Holder(holder),
+                        _ => {
+                            self.failed(peer, 0, "malformed holder address");
+                            return;
+                        }
+                    }
+                }
                 Outcome::Data => {
                     if header.len != want.size {
                         self.lied(peer, want, "wrong length");

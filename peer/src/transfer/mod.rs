@@ -29,4 +29,6 @@ pub enum Answer {
     Miss,
     /// No usable answer: the peer failed, timed out, or lied.
     Failed,
+    /// Ask this member instead: it holds the chunk.
+    Holder(std::net::SocketAddr),
 }

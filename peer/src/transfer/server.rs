@@ -4,10 +4,11 @@
 use super::ChunkProvider;
 use crate::chunk::{ChunkId, ChunkWant};
 use crate::health::ServeLimits;
+use crate::holders::Holders;
 use crate::stats::MeshStats;
 use crate::wire::{self, ItemHeader, Outcome, Status};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -25,14 +26,18 @@ pub struct ServeContext {
     owner_fetches: Mutex<HashMap<ChunkId, watch::Receiver<Option<Shared>>>>,
     /// Test hook: serve every chunk with one byte flipped (a lying member).
     corrupt: bool,
+    /// Who got which chunk from here, for holder hints.
+    holders: Holders,
 }
 
 impl ServeContext {
-    /// The serving state; `corrupt` is the lying-member test hook.
+    /// The serving state: holder hints after `redirect_after` serves of a chunk; `corrupt`
+    /// is the lying-member test hook.
     pub fn new(
         provider: Arc<dyn ChunkProvider>,
         limits: Arc<ServeLimits>,
         stats: Arc<MeshStats>,
+        redirect_after: u32,
         corrupt: bool,
     ) -> Arc<Self> {
         Arc::new(ServeContext {
@@ -41,6 +46,7 @@ impl ServeContext {
             stats,
             owner_fetches: Mutex::new(HashMap::new()),
             corrupt,
+            holders: Holders::new(redirect_after),
         })
     }
 }
@@ -61,12 +67,13 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServeContext>) {
 }
 
 async fn serve_connection(conn: quinn::Connection, ctx: Arc<ServeContext>) {
-    let ip = conn.remote_address().ip();
+    // Members send from the socket they listen on: this is the peer's member address.
+    let remote = conn.remote_address();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(&ctx, ip, send, recv).await {
-                tracing::debug!(peer = %ip, error = %e, "serving a chunk request");
+            if let Err(e) = serve_stream(&ctx, remote, send, recv).await {
+                tracing::debug!(peer = %remote, error = %e, "serving a chunk request");
             }
         });
     }
@@ -86,7 +93,7 @@ enum ServeError {
 
 async fn serve_stream(
     ctx: &Arc<ServeContext>,
-    ip: IpAddr,
+    remote: SocketAddr,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), ServeError> {
@@ -100,7 +107,7 @@ async fn serve_stream(
             return Err(e.into());
         }
     };
-    let Some(_slot) = ctx.limits.admit(ip) else {
+    let Some(_slot) = ctx.limits.admit(remote.ip()) else {
         MeshStats::add(&ctx.stats.served_busy, 1);
         send.write_all(&wire::encode_response_header(Status::Busy))
             .await?;
@@ -110,27 +117,49 @@ async fn serve_stream(
     // Accept before looking anything up: the asker times its hedge on this.
     send.write_all(&wire::encode_response_header(Status::Accepted))
         .await?;
+    let mut wants = Vec::new();
+    for (i, want) in req.wants.iter().enumerate() {
+        let hint = match req.no_redirect {
+            true => None,
+            false => ctx.holders.redirect(&want.id, remote),
+        };
+        match hint {
+            Some(holder) => {
+                let addr = holder.to_string();
+                let header = ItemHeader {
+                    entry: i as u16,
+                    outcome: Outcome::Holder,
+                    len: addr.len() as u32,
+                };
+                send.write_all(&wire::encode_item_header(header)).await?;
+                send.write_all(addr.as_bytes()).await?;
+                MeshStats::add(&ctx.stats.redirects, 1);
+            }
+            None => wants.push((i, want.clone())),
+        }
+    }
     let provider = ctx.provider.clone();
-    let wants = req.wants.clone();
+    let lookups: Vec<ChunkWant> = wants.iter().map(|(_, w)| w.clone()).collect();
     let held = tokio::task::spawn_blocking(move || {
-        wants.iter().map(|w| provider.held(w)).collect::<Vec<_>>()
+        lookups.iter().map(|w| provider.held(w)).collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
     let mut missing = Vec::new();
-    for (i, want) in req.wants.iter().enumerate() {
-        match held.get(i).cloned().flatten() {
-            Some(data) => send_item(ctx, ip, &mut send, i, Some(&data)).await?,
-            None => missing.push((i, want.clone())),
+    for (k, (i, want)) in wants.into_iter().enumerate() {
+        match held.get(k).cloned().flatten() {
+            Some(data) => send_item(ctx, remote, &mut send, i, &want.id, Some(&data)).await?,
+            None => missing.push((i, want)),
         }
     }
+    let ids: HashMap<usize, ChunkId> = missing.iter().map(|(i, w)| (*i, w.id)).collect();
     if req.as_owner && !missing.is_empty() {
         for (i, result) in owner_fetch(ctx, missing).await {
-            send_item(ctx, ip, &mut send, i, result.as_deref()).await?;
+            send_item(ctx, remote, &mut send, i, &ids[&i], result.as_deref()).await?;
         }
     } else {
         for (i, _) in missing {
-            send_item(ctx, ip, &mut send, i, None).await?;
+            send_item(ctx, remote, &mut send, i, &ids[&i], None).await?;
         }
     }
     send.finish()?;
@@ -139,11 +168,13 @@ async fn serve_stream(
 
 async fn send_item(
     ctx: &ServeContext,
-    ip: IpAddr,
+    remote: SocketAddr,
     send: &mut quinn::SendStream,
     entry: usize,
+    id: &ChunkId,
     data: Option<&Vec<u8>>,
 ) -> Result<(), ServeError> {
+    let ip = remote.ip();
     let (outcome, len) = match data {
         Some(d) => (Outcome::Data, d.len() as u32),
         None => (Outcome::Miss, 0),
@@ -168,6 +199,7 @@ async fn send_item(
         } else {
             send.write_all(d).await?;
         }
+        ctx.holders.served(*id, remote);
         MeshStats::add(&ctx.stats.served_chunks, 1);
         MeshStats::add(&ctx.stats.served_bytes, d.len() as u64);
     }
