@@ -82,7 +82,7 @@ pub const DEFAULT_DOWN_PEER_MS: u64 = 2_000;
 /// Default [`MeshConfig::serve_concurrency`].
 pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
 /// Default [`MeshConfig::redirect_after`].
-pub const DEFAULT_REDIRECT_AFTER: u32 = 4;
+pub const DEFAULT_REDIRECT_AFTER: u32 = 16;
 /// Default [`MeshConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 64;
 

@@ -21,6 +21,7 @@ use crate::config::MeshConfig;
 use futures::StreamExt;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, identity, noise, ping, pnet, tcp, yamux, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -301,7 +302,13 @@ impl MembershipTask {
                 // Enough direct links: gossip relays the rest.
                 break;
             }
-            if let Err(e) = self.swarm.dial(tcp_multiaddr(addr)) {
+            // A fresh source port: reusing the listen port binds the wildcard address, which
+            // fails when any local socket holds that port (another process's listener).
+            let dial = DialOpts::unknown_peer_id()
+                .address(tcp_multiaddr(addr))
+                .allocate_new_port()
+                .build();
+            if let Err(e) = self.swarm.dial(dial) {
                 tracing::debug!(%addr, error = %e, "dial failed");
             }
         }

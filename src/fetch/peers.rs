@@ -228,6 +228,17 @@ pub struct NodeChunks {
 
 impl ChunkProvider for NodeChunks {
     fn held(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        // Memory first: a chunk just fetched may not have reached the store yet (its
+        // writer runs behind reads), and a member sent here as to a holder asks right away.
+        let digest = ChunkDigest(want.id.digest);
+        let in_memory = self
+            .chains
+            .find(&want.origin.blob_id)
+            .filter(|c| algo(c.image().digester) == want.id.algo)
+            .and_then(|c| c.hot.lock().unwrap_or_else(|p| p.into_inner()).get(&digest));
+        if let Some(d) = in_memory.filter(|d| d.len() == want.size as usize) {
+            return Some(d);
+        }
         match self.cache.get(&store_key(&want.id)) {
             Lookup::Hit(d) if d.len() == want.size as usize => Some(Arc::new(d)),
             _ => None,
