@@ -116,6 +116,17 @@ fn wait_members(meshes: &[&Mesh], n: usize) {
 }
 
 fn start(ip: u8, seed: SocketAddr, secret: &str, origin: &Arc<Origin>) -> (Mesh, Arc<MemoryNode>) {
+    start_tuned(ip, seed, secret, origin, |_| {})
+}
+
+/// A mesh on 127.0.0.`ip` (the seed itself when `ip` is 1), its config adjusted by `tune`.
+fn start_tuned(
+    ip: u8,
+    seed: SocketAddr,
+    secret: &str,
+    origin: &Arc<Origin>,
+    tune: impl Fn(&mut MeshConfig),
+) -> (Mesh, Arc<MemoryNode>) {
     let listen = if ip == 1 {
         seed
     } else {
@@ -125,12 +136,9 @@ fn start(ip: u8, seed: SocketAddr, secret: &str, origin: &Arc<Origin>) -> (Mesh,
         origin: origin.clone(),
         held: Mutex::new(HashMap::new()),
     });
-    let mesh = Mesh::start(
-        &config(listen, seed, secret),
-        &format!("n{ip}"),
-        node.clone(),
-    )
-    .unwrap();
+    let mut cfg = config(listen, seed, secret);
+    tune(&mut cfg);
+    let mesh = Mesh::start(&cfg, &format!("n{ip}"), node.clone()).unwrap();
     (mesh, node)
 }
 
@@ -204,26 +212,9 @@ fn owners_point_later_askers_at_holders() {
     let origin = origin(60);
     let seed = free_port([127, 0, 0, 1]);
     let secret = "holder-hint-test-secret";
-    let start_with = |ip: u8| {
-        let listen = if ip == 1 {
-            seed
-        } else {
-            free_port([127, 0, 0, ip])
-        };
-        let node = Arc::new(MemoryNode {
-            origin: origin.clone(),
-            held: Mutex::new(HashMap::new()),
-        });
-        let cfg = MeshConfig {
-            redirect_after: 1,
-            ..config(listen, seed, secret)
-        };
-        (
-            Mesh::start(&cfg, &format!("n{ip}"), node.clone()).unwrap(),
-            node,
-        )
-    };
-    let nodes: Vec<_> = (1..=4).map(start_with).collect();
+    let nodes: Vec<_> = (1..=4)
+        .map(|ip| start_tuned(ip, seed, secret, &origin, |c| c.redirect_after = 1))
+        .collect();
     wait_members(&nodes.iter().map(|(m, _)| m).collect::<Vec<_>>(), 4);
     let wants = wants(&origin);
     // One after the other: by the time the later ones ask, earlier ones hold the chunks.
