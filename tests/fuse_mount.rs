@@ -68,19 +68,9 @@ fn wait_mounted(mountpoint: &Path) {
 
 impl Drop for MountProcess {
     fn drop(&mut self) {
-        // SIGTERM first: the clean path unmounts by itself.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        child::stop_child(&mut self.child, Duration::from_secs(10));
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
+            child::detach(&self.mountpoint);
         }
     }
 }

@@ -2,6 +2,8 @@
 //! read by warren against it.
 #![allow(dead_code)]
 
+pub mod child;
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -233,29 +233,16 @@ impl MeshNode {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
+        child::detach(&self.mnt);
     }
 }
 
 impl Drop for MeshNode {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    self.child = None;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(mut c) = self.child.take() {
+            child::stop_child(&mut c, Duration::from_secs(10));
         }
-        self.kill();
+        child::detach(&self.mnt);
     }
 }
 

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod checks;
+#[path = "../common/child.rs"]
+pub mod child;
 pub mod proxy;
 pub mod token;
 
@@ -394,19 +396,9 @@ impl ImageMount {
     }
 
     fn terminate(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        child::stop_child(&mut self.child, Duration::from_secs(10));
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
+            child::detach(&self.mountpoint);
         }
     }
 }
@@ -550,18 +542,7 @@ pub fn api_request(socket: &Path, method: &str, path: &str, body: Option<&str>) 
 impl Node {
     /// SIGTERM; the exit status (SIGKILL after 15 s).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
+        child::stop_child(&mut self.child, Duration::from_secs(15))
     }
 }
 
