@@ -192,16 +192,21 @@ impl Mesh {
         self.stats.snapshot()
     }
 
-    /// Whether this node is the chunk's first owner, or alone: it then fetches the
-    /// chunk from the origin itself.
-    pub fn owns(&self, key: &crate::chunk::RouteKey) -> bool {
+    /// For each key, whether this node is its first owner, or alone: it then fetches
+    /// those chunks from the origin itself. One look at the member list for all of them.
+    pub fn owns(&self, keys: &[crate::chunk::RouteKey]) -> Vec<bool> {
         let members = self.table.live();
-        members.len() < 2
-            || self
-                .router
-                .owners(key, &members, 1)
-                .first()
-                .is_none_or(|m| m.key == self.table.me().key)
+        let me = &self.table.me().key;
+        keys.iter()
+            .map(|key| {
+                members.len() < 2
+                    || self
+                        .router
+                        .owners(key, &members, 1)
+                        .first()
+                        .is_none_or(|m| &m.key == me)
+            })
+            .collect()
     }
 
     /// Each wanted chunk from its owners, verified; `None` where the node should go to

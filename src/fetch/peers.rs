@@ -22,8 +22,9 @@ use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, OriginHin
 pub trait PeerSource: Send + Sync {
     /// Each chunk from the mesh, verified; `None` where the origin must be asked.
     fn fetch(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>>;
-    /// Whether this node is the first owner of `key` (it then goes to the origin itself).
-    fn owns(&self, key: &RouteKey) -> bool;
+    /// For each key, whether this node is its first owner (it then goes to the origin
+    /// itself).
+    fn owns(&self, keys: &[RouteKey]) -> Vec<bool>;
     /// Size of the blob segments chunks are routed by; 0: by their digests.
     fn segment_bytes(&self) -> u64;
 }
@@ -33,8 +34,8 @@ impl PeerSource for Mesh {
         Mesh::fetch(self, wants)
     }
 
-    fn owns(&self, key: &RouteKey) -> bool {
-        Mesh::owns(self, key)
+    fn owns(&self, keys: &[RouteKey]) -> Vec<bool> {
+        Mesh::owns(self, keys)
     }
 
     fn segment_bytes(&self) -> u64 {
@@ -112,11 +113,20 @@ impl FetchChain {
         let Some(peers) = peers else {
             return self.fetch_from_origin(owned, found);
         };
-        let (theirs, mine): (Owned, Owned) = owned
-            .into_iter()
-            .partition(|(c, _)| !peers.owns(&self.want(*c, peers.segment_bytes()).route));
+        let segment = peers.segment_bytes();
+        let all: Vec<ChunkWant> = owned.iter().map(|(c, _)| self.want(*c, segment)).collect();
+        let keys: Vec<RouteKey> = all.iter().map(|w| w.route).collect();
+        let (mut theirs, mut wants, mut mine) = (Vec::new(), Vec::new(), Vec::new());
+        for ((claim, want), here) in owned.into_iter().zip(all).zip(peers.owns(&keys)) {
+            if here {
+                mine.push(claim);
+            } else {
+                theirs.push(claim);
+                wants.push(want);
+            }
+        }
         let from_peers = std::thread::scope(|s| {
-            let asked = s.spawn(|| self.ask_peers(peers.as_ref(), theirs));
+            let asked = s.spawn(|| self.ask_peers(peers.as_ref(), theirs, &wants));
             self.fetch_from_origin(mine, found);
             asked.join().unwrap_or_default()
         });
@@ -141,16 +151,15 @@ impl FetchChain {
         self.fetch_from_origin(rest, found);
     }
 
-    fn ask_peers(&self, peers: &dyn PeerSource, theirs: Owned) -> Answered {
+    /// Asks the mesh for `theirs` (`wants` describes them, in the same order).
+    fn ask_peers(&self, peers: &dyn PeerSource, theirs: Owned, wants: &[ChunkWant]) -> Answered {
         if theirs.is_empty() {
             return Vec::new();
         }
         for (_, slot) in &theirs {
             slot.set_asking_peers(true);
         }
-        let segment = peers.segment_bytes();
-        let wants: Vec<ChunkWant> = theirs.iter().map(|(c, _)| self.want(*c, segment)).collect();
-        let got = peers.fetch(&wants);
+        let got = peers.fetch(wants);
         theirs
             .into_iter()
             .zip(got.into_iter().chain(std::iter::repeat(None)))
