@@ -152,14 +152,14 @@ async fn serve_stream(
             None => missing.push((i, want)),
         }
     }
-    let ids: HashMap<usize, ChunkId> = missing.iter().map(|(i, w)| (*i, w.id)).collect();
     if req.as_owner && !missing.is_empty() {
         for (i, result) in owner_fetch(ctx, missing).await {
-            send_item(ctx, remote, &mut send, i, &ids[&i], result.as_deref()).await?;
+            let id = &req.wants[i].id;
+            send_item(ctx, remote, &mut send, i, id, result.as_deref()).await?;
         }
     } else {
-        for (i, _) in missing {
-            send_item(ctx, remote, &mut send, i, &ids[&i], None).await?;
+        for (i, want) in missing {
+            send_item(ctx, remote, &mut send, i, &want.id, None).await?;
         }
     }
     send.finish()?;
