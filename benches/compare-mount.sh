@@ -37,11 +37,7 @@ ensure_apt_packages fio=fio
 ensure_rootfs "$ROOTFS"
 ensure_nydus_tools
 NYDUSD=$WARREN_TOOLS_ROOT/bin/nydusd
-WARREN=${WARREN_BIN:-}
-if [ -z "$WARREN" ]; then
-    cargo build --release --quiet --bin warren
-    WARREN=$CARGO_TARGET_DIR/release/warren
-fi
+ensure_warren_bin
 
 WORK=$(mktemp -d /var/tmp/warren-mountbench.XXXXXX)
 MNT=$WORK/mnt

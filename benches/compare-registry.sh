@@ -42,11 +42,7 @@ ensure_apt_packages docker-registry=docker-registry skopeo=skopeo umoci=umoci cu
 ensure_rootfs "$ROOTFS"
 ensure_nydus_tools
 NYDUSD=$WARREN_TOOLS_ROOT/bin/nydusd
-WARREN=${WARREN_BIN:-}
-if [ -z "$WARREN" ]; then
-    cargo build --release --quiet --bin warren
-    WARREN=$CARGO_TARGET_DIR/release/warren
-fi
+ensure_warren_bin
 
 WORK=$(mktemp -d /var/tmp/warren-regbench.XXXXXX)
 MNT=$WORK/mnt

@@ -45,11 +45,7 @@ ROOTFS=${WARREN_ROOTFS:-$WARREN_ROOTFS_DEFAULT}
 require_root "FUSE mounts, chroot and dropping the page cache need root"
 ensure_apt_packages docker-registry=docker-registry skopeo=skopeo umoci=umoci curl=curl
 ensure_rootfs "$ROOTFS"
-WARREN=${WARREN_BIN:-}
-if [ -z "$WARREN" ]; then
-    cargo build --release --quiet --bin warren
-    WARREN=$CARGO_TARGET_DIR/release/warren
-fi
+ensure_warren_bin
 
 WORK=$(mktemp -d /var/tmp/warren-rollout.XXXXXX)
 PIDS=()

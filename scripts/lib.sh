@@ -100,6 +100,16 @@ ensure_apt_packages() {
     [ -z "$missing" ] || die "still missing after apt-get install: $(echo "$missing" | tr '\n' ' ')"
 }
 
+# Sets WARREN to the warren binary a benchmark runs: $WARREN_BIN when given, else a
+# release build in $CARGO_TARGET_DIR.
+ensure_warren_bin() {
+    WARREN=${WARREN_BIN:-}
+    if [ -z "$WARREN" ]; then
+        cargo build --release --quiet --bin warren
+        WARREN=$CARGO_TARGET_DIR/release/warren
+    fi
+}
+
 # Builds nydus-image, nydusd and nydusctl from crates.io into $WARREN_TOOLS_ROOT/bin
 # (about 6 minutes cold on 2 cores), unless nydus-image is already there, and puts
 # that bin dir on PATH. A lock keeps two runs from building into the same root at once.
