@@ -27,17 +27,9 @@ const SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 <<
 const BATCH_BYTES: usize = 8 << 20;
 const SET_BYTES: usize = 64 << 20;
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../tests/store_support/noise.rs"]
+mod noise;
+use noise::noise;
 
 /// A source of distinct chunks: random bytes with a counter in front.
 struct Chunks {

@@ -3,6 +3,9 @@
 //! mount, and a size-limited tmpfs.
 #![allow(dead_code)]
 
+mod noise;
+pub use noise::noise;
+
 use crate::common::{sha256_hex, warren_bin};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,19 +42,6 @@ pub fn build(src: &Path, out: &Path) -> Built {
         .unwrap();
     assert!(st.success(), "warren create {}", src.display());
     built
-}
-
-/// Deterministic incompressible bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Every distinct chunk the image's files use, with its plain size.
