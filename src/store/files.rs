@@ -56,12 +56,7 @@ impl DataFiles {
             .open(&path)
             .or_else(|_| OpenOptions::new().read(true).open(&path))
             .map_err(|e| StoreError::io(&path, e))?;
-        let file = Arc::new(file);
-        self.open
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, file.clone());
-        Ok(file)
+        Ok(self.keep_open(id, file))
     }
 
     /// Creates (or reopens) file `id` for appending.
@@ -74,12 +69,17 @@ impl DataFiles {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
+        Ok(self.keep_open(id, file))
+    }
+
+    /// Remembers data file `id` as open, for the reads and appends that follow.
+    fn keep_open(&self, id: u32, file: File) -> Arc<File> {
         let file = Arc::new(file);
         self.open
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, file.clone());
-        Ok(file)
+        file
     }
 
     pub(crate) fn read_at(&self, id: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
