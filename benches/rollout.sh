@@ -12,9 +12,10 @@
 # the lone node's time; without it the registry sends about N times the set.
 #
 # Usage: benches/rollout.sh [--nodes "10 20"] [--rate BYTES_PER_S] [--json] [--keep DIR]
-#                           [--hedge-ms MS]
-# (--keep DIR saves each node's metrics and log per run; --hedge-ms sets `peer.hedge_ms`,
-# default the node's own.)
+#                           [--hedge-ms MS] [--modes "on off"]
+#                           [--peer-set "KEY = VALUE"]...
+# (--keep DIR saves each node's metrics and log per run; --hedge-ms MS is short for
+# --peer-set "hedge_ms = MS"; --peer-set "KEY = VALUE" adds a line to every node's [peer].)
 # The harness is meant to be kept and extended (more modes, other sets).
 set -euo pipefail
 
@@ -29,15 +30,18 @@ FLEETS="10 20"
 RATE=$((50 * 1000 * 1000))
 JSON=0
 KEEP=
-HEDGE_MS=
+PEER_SET=()
+MODES="on off"
 while [ $# -gt 0 ]; do
     case $1 in
     --nodes) FLEETS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --json) JSON=1; shift ;;
     --keep) KEEP=$2; shift 2 ;;
-    --hedge-ms) HEDGE_MS=$2; shift 2 ;;
-    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS]" ;;
+    --hedge-ms) PEER_SET+=("hedge_ms = $2"); shift 2 ;;
+    --peer-set) PEER_SET+=("$2"); shift 2 ;;
+    --modes) MODES=$2; shift 2 ;;
+    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS] [--modes \"on off\"] [--peer-set \"KEY = VALUE\"]" ;;
     esac
 done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
@@ -108,7 +112,7 @@ start_fleet() {
                 port=$(free_peer_port "$ip")
                 [ -z "$seed" ] && seed=$ip:$port
                 printf '[peer]\nlisten = "%s:%s"\nseeds = ["%s"]\ncluster_secret_file = "%s"\n' "$ip" "$port" "$seed" "$WORK/secret"
-                [ -n "$HEDGE_MS" ] && printf 'hedge_ms = %s\n' "$HEDGE_MS"
+                printf '%s\n' "${PEER_SET[@]}"
             fi
         } > "$dir/node.toml"
         "$WARREN" node --quiet --config "$dir/node.toml" > "$dir/node.log" 2>&1 &
@@ -138,11 +142,18 @@ run_fleet() {
     b0=$(bytes_now)
     rm -f "$WORK"/t.*
     local readers=()
+    local perf=
+    if [ -n "${ROLLOUT_PERF:-}" ]; then
+        perf record -a ${ROLLOUT_PERF_ARGS:--g} -q -o "$ROLLOUT_PERF.$n.$2" 2>/dev/null &
+        perf=$!
+        sleep 0.5
+    fi
     for i in $(seq "$n"); do
         (t0=$(now_ms); chroot "$WORK/n$i/mnt" /bin/bash -c true; echo $(($(now_ms) - t0)) > "$WORK/t.$i") &
         readers+=($!)
     done
     wait "${readers[@]}" || die "a chroot failed"
+    if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     BYTES=$(($(bytes_now) - b0))
     TIMES=$(cat "$WORK"/t.* | tr '\n' ' ')
     if [ -n "$KEEP" ]; then
@@ -161,7 +172,7 @@ LONE_MS=$(echo "$TIMES" | median)
 LONE_BYTES=$BYTES
 declare -A P50 P99 B
 for n in $FLEETS; do
-    for mode in on off; do
+    for mode in $MODES; do
         say "$n nodes, mesh $mode"
         run_fleet "$n" "$mode"
         P50[$n.$mode]=$(echo "$TIMES" | median)
@@ -174,7 +185,7 @@ if [ "$JSON" = 1 ]; then
     printf '{"rate_bytes_per_s":%s,"lone":{"ms":%s,"registry_bytes":%s},"fleets":[' "$RATE" "$LONE_MS" "$LONE_BYTES"
     sep=
     for n in $FLEETS; do
-        for mode in on off; do
+        for mode in $MODES; do
             printf '%s{"nodes":%s,"mesh":"%s","p50_ms":%s,"p99_ms":%s,"registry_bytes":%s,"bytes_over_lone":%s,"p99_over_lone":%s}' \
                 "$sep" "$n" "$mode" "${P50[$n.$mode]}" "${P99[$n.$mode]}" "${B[$n.$mode]}" \
                 "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")"
@@ -187,7 +198,7 @@ else
     printf '  lone node: %s ms, %s MB from the registry\n' "$LONE_MS" "$(mb "$LONE_BYTES")"
     printf '  %6s %5s %8s %8s %10s %12s %12s\n' nodes mesh "p50 ms" "p99 ms" "MB" "bytes/lone" "p99/lone"
     for n in $FLEETS; do
-        for mode in on off; do
+        for mode in $MODES; do
             printf '  %6s %5s %8s %8s %10s %12s %12s\n' "$n" "$mode" "${P50[$n.$mode]}" "${P99[$n.$mode]}" \
                 "$(mb "${B[$n.$mode]}")" "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")"
         done

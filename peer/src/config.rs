@@ -57,6 +57,10 @@ pub struct MeshConfig {
     /// After serving a chunk this many times, point later askers at members that got it
     /// (holder hints) instead of sending it again; 0 never does.
     pub redirect_after: u32,
+    /// Kernel buffer of the transfer socket, each way (bytes). A burst of chunks to a busy
+    /// node overflows the 208 KiB default and every dropped datagram is resent; the kernel
+    /// caps it at `net.core.rmem_max`/`wmem_max`.
+    pub udp_buffer_bytes: usize,
 }
 
 /// Default port of both peer listeners (TCP membership, UDP transfers).
@@ -70,7 +74,7 @@ pub const DEFAULT_ROUTE_SEGMENT_BYTES: u64 = 1 << 20;
 /// Default [`MeshConfig::request_timeout_ms`].
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Default [`MeshConfig::heartbeat_ms`].
-pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
 /// Default [`MeshConfig::member_timeout_ms`].
 pub const DEFAULT_MEMBER_TIMEOUT_MS: u64 = 3_000;
 /// Default [`MeshConfig::resolve_interval_ms`].
@@ -83,6 +87,8 @@ pub const DEFAULT_DOWN_PEER_MS: u64 = 2_000;
 pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
 /// Default [`MeshConfig::redirect_after`].
 pub const DEFAULT_REDIRECT_AFTER: u32 = 16;
+/// Default [`MeshConfig::udp_buffer_bytes`].
+pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 /// Default [`MeshConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
@@ -107,6 +113,7 @@ impl Default for MeshConfig {
             serve_concurrency: DEFAULT_SERVE_CONCURRENCY,
             max_batch: DEFAULT_MAX_BATCH,
             redirect_after: DEFAULT_REDIRECT_AFTER,
+            udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
         }
     }
 }

@@ -99,6 +99,50 @@ fn transport_config(cfg: &MeshConfig) -> quinn::TransportConfig {
     t
 }
 
+/// The transfer socket, with kernel buffers of `buffer_bytes` each way (the kernel may
+/// give less; what it gave is logged).
+fn transfer_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    // Best effort: a smaller buffer only costs resends.
+    socket.set_recv_buffer_size(buffer_bytes).ok();
+    socket.set_send_buffer_size(buffer_bytes).ok();
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "transfer socket buffers"
+    );
+    Ok(socket.into())
+}
+
+/// The endpoint that both serves and asks, on `cfg.listen`.
+fn transfer_endpoint(
+    cfg: &MeshConfig,
+    server_config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, MeshError> {
+    let listen_error = |source| MeshError::Listen {
+        addr: cfg.listen,
+        source,
+    };
+    let socket = transfer_socket(cfg.listen, cfg.udp_buffer_bytes).map_err(listen_error)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        listen_error(std::io::Error::other(
+            "no async runtime for the transfer socket",
+        ))
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(listen_error)
+}
+
 impl Mesh {
     /// Joins the cluster: listens on `cfg.listen` (TCP for membership, UDP for
     /// transfers) and starts finding members from the seeds.
@@ -128,13 +172,7 @@ impl Mesh {
             server_config.transport_config(transport.clone());
             let mut client_config = trust.quic_client()?;
             client_config.transport_config(transport);
-            let mut endpoint =
-                quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
-                    MeshError::Listen {
-                        addr: cfg.listen,
-                        source,
-                    }
-                })?;
+            let mut endpoint = transfer_endpoint(cfg, server_config)?;
             endpoint.set_default_client_config(client_config);
             let ctx = ServeContext::new(
                 provider,

@@ -74,7 +74,7 @@ impl FetchChain {
         let _ = self.peers.set(peers);
     }
 
-    fn want(&self, c: ChunkRef, segment_bytes: u64) -> ChunkWant {
+    pub(super) fn want(&self, c: ChunkRef, segment_bytes: u64) -> ChunkWant {
         let info = self.info(c);
         let blob_id = &self.image.blobs[c.blob as usize].blob_id;
         let route = match info.compressed_offset.checked_div(segment_bytes) {
