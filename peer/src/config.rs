@@ -54,7 +54,7 @@ pub struct MeshConfig {
     pub serve_concurrency: usize,
     /// Most chunks asked in one request.
     pub max_batch: usize,
-    /// After serving a chunk this many times, point later askers at members that got it
+    /// After taking this many askers of a chunk, point later ones at those first askers
     /// (holder hints) instead of sending it again; 0 never does.
     pub redirect_after: u32,
     /// Kernel buffer of the transfer socket, each way (bytes). A burst of chunks to a busy
@@ -86,7 +86,7 @@ pub const DEFAULT_DOWN_PEER_MS: u64 = 2_000;
 /// Default [`MeshConfig::serve_concurrency`].
 pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
 /// Default [`MeshConfig::redirect_after`].
-pub const DEFAULT_REDIRECT_AFTER: u32 = 16;
+pub const DEFAULT_REDIRECT_AFTER: u32 = 4;
 /// Default [`MeshConfig::udp_buffer_bytes`].
 pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 /// Default [`MeshConfig::max_batch`].

@@ -143,6 +143,31 @@ fn transfer_endpoint(
     .map_err(listen_error)
 }
 
+/// Keeps a connection open to every live member, checked once a heartbeat.
+async fn keep_connected(
+    client: Arc<Client>,
+    table: Arc<MemberTable>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let me = table.me().quic;
+        let peers: Vec<SocketAddr> = table
+            .live()
+            .into_iter()
+            .map(|m| m.quic)
+            .filter(|a| *a != me)
+            .collect();
+        client.keep_connected(&peers).await;
+    }
+}
+
 impl Mesh {
     /// Joins the cluster: listens on `cfg.listen` (TCP for membership, UDP for
     /// transfers) and starts finding members from the seeds.
@@ -191,13 +216,20 @@ impl Mesh {
                 Duration::from_millis(cfg.request_timeout_ms.max(1)),
             ))
         })?;
+        let client = Arc::new(client);
+        runtime.spawn(keep_connected(
+            client.clone(),
+            table.clone(),
+            Duration::from_millis(cfg.heartbeat_ms.max(50)),
+            shutdown.subscribe(),
+        ));
         tracing::info!(listen = %cfg.listen, advertise = %cfg.advertised(), "joined the peer mesh");
         Ok(Mesh {
             runtime: Some(runtime),
             shutdown,
             table,
             router: Box::new(RendezvousRouter),
-            client: Arc::new(client),
+            client,
             stats,
             replication: cfg.replication.max(1),
             max_batch: cfg.max_batch.clamp(1, crate::wire::MAX_BATCH),

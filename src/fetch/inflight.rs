@@ -81,6 +81,15 @@ impl InFlight {
         }
     }
 
+    /// The fetch of this chunk in progress, if any.
+    pub fn get(&self, digest: &ChunkDigest) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
     /// Whether someone is fetching this chunk right now.
     pub fn contains(&self, digest: &ChunkDigest) -> bool {
         self.slots

@@ -235,23 +235,45 @@ pub struct NodeChunks {
     pub chains: Arc<BlobChains>,
 }
 
+impl NodeChunks {
+    /// The chain of a mounted image with the wanted chunk's blob, same digest algorithm.
+    fn chain_of(&self, want: &ChunkWant) -> Option<Arc<FetchChain>> {
+        self.chains
+            .find(&want.origin.blob_id)
+            .filter(|c| algo(c.image().digester) == want.id.algo)
+    }
+}
+
 impl ChunkProvider for NodeChunks {
+    fn in_memory(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        let digest = ChunkDigest(want.id.digest);
+        self.chain_of(want)
+            .and_then(|c| c.hot.lock().unwrap_or_else(|p| p.into_inner()).get(&digest))
+            .filter(|d| d.len() == want.size as usize)
+    }
+
     fn held(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
         // Memory first: a chunk just fetched may not have reached the store yet (its
         // writer runs behind reads), and a member sent here as to a holder asks right away.
-        let digest = ChunkDigest(want.id.digest);
-        let in_memory = self
-            .chains
-            .find(&want.origin.blob_id)
-            .filter(|c| algo(c.image().digester) == want.id.algo)
-            .and_then(|c| c.hot.lock().unwrap_or_else(|p| p.into_inner()).get(&digest));
-        if let Some(d) = in_memory.filter(|d| d.len() == want.size as usize) {
+        if let Some(d) = self.in_memory(want) {
             return Some(d);
         }
         match self.cache.get(&store_key(&want.id)) {
             Lookup::Hit(d) if d.len() == want.size as usize => Some(Arc::new(d)),
             _ => None,
         }
+    }
+
+    fn held_or_arriving(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        if let Some(data) = self.held(want) {
+            return Some(data);
+        }
+        // No cycle of waits: an owner points askers only at members it serves itself.
+        let slot = self
+            .chain_of(want)?
+            .inflight
+            .get(&ChunkDigest(want.id.digest))?;
+        slot.wait().ok().filter(|d| d.len() == want.size as usize)
     }
 
     fn fetch_as_owner(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {

@@ -249,6 +249,22 @@ impl Client {
         tracing::error!(%peer, chunk = %want.id, why, "peer served a bad chunk; shunning it");
     }
 
+    /// Opens connections to those of `peers` this node has none to, all at once, and
+    /// forgets closed ones: a member's first ask then costs no handshake, which under a
+    /// rollout's load (every node meeting every other at the same moment) added a TLS
+    /// handshake per peer to the first reads.
+    pub async fn keep_connected(&self, peers: &[SocketAddr]) {
+        let open: Vec<SocketAddr> = {
+            let mut conns = self.connections.lock().await;
+            conns.retain(|_, c| c.close_reason().is_none());
+            conns.keys().copied().collect()
+        };
+        let missing = peers
+            .iter()
+            .filter(|p| !open.contains(p) && self.health.usable(**p));
+        futures::future::join_all(missing.map(|p| self.connection(*p))).await;
+    }
+
     /// Closes every connection (the node is leaving).
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"node stopping");

@@ -14,6 +14,17 @@ use std::sync::Arc;
 pub trait ChunkProvider: Send + Sync + 'static {
     /// The chunk's bytes if this node holds it (its store), checked against the digest.
     fn held(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>>;
+    /// The chunk's bytes if this node has them in memory; must not block (it runs on the
+    /// mesh's async threads). By default none.
+    fn in_memory(&self, _want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        None
+    }
+    /// [`ChunkProvider::held`], or, when this node is fetching the chunk right now, its
+    /// bytes once they are in: asked as a holder, a member may be a step ahead of its own
+    /// chunk. By default only what is held.
+    fn held_or_arriving(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
+        self.held(want)
+    }
     /// As the chunks' owner: fetch them from their origin (through the node's own fetch
     /// chain, which stores them). `None` for a chunk whose blob this node does not know or
     /// whose fetch failed.

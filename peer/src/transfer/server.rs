@@ -119,11 +119,7 @@ async fn serve_stream(
         .await?;
     let mut wants = Vec::new();
     for (i, want) in req.wants.iter().enumerate() {
-        let hint = match req.no_redirect {
-            true => None,
-            false => ctx.holders.redirect(&want.id, remote),
-        };
-        match hint {
+        match ctx.holders.route(&want.id, remote, !req.no_redirect) {
             Some(holder) => {
                 let addr = holder.to_string();
                 let header = ItemHeader {
@@ -138,28 +134,49 @@ async fn serve_stream(
             None => wants.push((i, want.clone())),
         }
     }
+    // What is in memory goes out without a trip through the blocking pool: on a loaded
+    // machine every hand-off between threads waits for a time slice.
+    let mut rest = Vec::new();
+    for (i, want) in wants {
+        match ctx.provider.in_memory(&want) {
+            Some(data) => send_item(ctx, remote, &mut send, i, Some(&data)).await?,
+            None => rest.push((i, want)),
+        }
+    }
+    let wants = rest;
+    if wants.is_empty() {
+        send.finish()?;
+        return Ok(());
+    }
     let provider = ctx.provider.clone();
     let lookups: Vec<ChunkWant> = wants.iter().map(|(_, w)| w.clone()).collect();
+    // Asked as a holder, this node may still be receiving the chunk: it answers once in.
+    let as_holder = !req.as_owner;
     let held = tokio::task::spawn_blocking(move || {
-        lookups.iter().map(|w| provider.held(w)).collect::<Vec<_>>()
+        lookups
+            .iter()
+            .map(|w| match as_holder {
+                true => provider.held_or_arriving(w),
+                false => provider.held(w),
+            })
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
     let mut missing = Vec::new();
     for (k, (i, want)) in wants.into_iter().enumerate() {
         match held.get(k).cloned().flatten() {
-            Some(data) => send_item(ctx, remote, &mut send, i, &want.id, Some(&data)).await?,
+            Some(data) => send_item(ctx, remote, &mut send, i, Some(&data)).await?,
             None => missing.push((i, want)),
         }
     }
     if req.as_owner && !missing.is_empty() {
         for (i, result) in owner_fetch(ctx, missing).await {
-            let id = &req.wants[i].id;
-            send_item(ctx, remote, &mut send, i, id, result.as_deref()).await?;
+            send_item(ctx, remote, &mut send, i, result.as_deref()).await?;
         }
     } else {
-        for (i, want) in missing {
-            send_item(ctx, remote, &mut send, i, &want.id, None).await?;
+        for (i, _) in missing {
+            send_item(ctx, remote, &mut send, i, None).await?;
         }
     }
     send.finish()?;
@@ -171,7 +188,6 @@ async fn send_item(
     remote: SocketAddr,
     send: &mut quinn::SendStream,
     entry: usize,
-    id: &ChunkId,
     data: Option<&Vec<u8>>,
 ) -> Result<(), ServeError> {
     let ip = remote.ip();
@@ -199,7 +215,6 @@ async fn send_item(
         } else {
             send.write_all(d).await?;
         }
-        ctx.holders.served(*id, remote);
         MeshStats::add(&ctx.stats.served_chunks, 1);
         MeshStats::add(&ctx.stats.served_bytes, d.len() as u64);
     }
