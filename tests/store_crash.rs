@@ -212,7 +212,15 @@ fn a_store_on_a_full_disk_fails_writes_and_reads_go_on() {
         seen = file_hashes(&mnt);
         assert_eq!(seen, want, "round {round}");
     }
-    let text = get_metrics(&addr);
+    // The store writes behind the reads: its failures may be counted a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = get_metrics(&addr);
+        if sample(&text, "warren_store_write_failures_total") >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         sample(&text, "warren_store_write_failures_total") >= 1.0,
         "{text}"

@@ -13,6 +13,7 @@ pub mod inflight;
 mod origin;
 pub mod peers;
 pub mod prefetch;
+mod window;
 
 use crate::api::metrics::{ChunkSource, Metrics};
 use crate::backend::BlobBackend;
@@ -78,6 +79,8 @@ pub struct FetchChain {
     owner: u64,
     /// The peer mesh, when the node is part of one.
     peers: OnceLock<Arc<dyn peers::PeerSource>>,
+    /// Where recent reads left off, to tell scans from scattered reads.
+    streams: std::sync::Mutex<window::ReadStreams>,
 }
 
 /// Hands out [`FetchChain::owner`] ids.
@@ -185,6 +188,7 @@ impl FetchChain {
             hot: std::sync::Mutex::new(hot),
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             peers: OnceLock::new(),
+            streams: Default::default(),
         }
     }
 
@@ -282,33 +286,6 @@ impl FetchChain {
         Ok(parts)
     }
 
-    /// The chunks of a read and its window: the requested ones, then, while they fit the
-    /// amplification budget, the ones after them (fetched in the background once the
-    /// reader is answered). Results for the requested chunks only.
-    fn fetch_for_read(
-        self: &Arc<Self>,
-        chunks: &[ChunkRef],
-        first: usize,
-        last: usize,
-    ) -> Vec<ChunkResult> {
-        let mut upto = last;
-        let mut budget = self
-            .opts
-            .amplify_bytes
-            .saturating_sub(self.stored_bytes(&chunks[first..=last]));
-        while upto + 1 < chunks.len() {
-            let next = self.info(chunks[upto + 1]).compressed_size as u64;
-            if next > budget {
-                break;
-            }
-            budget -= next;
-            upto += 1;
-        }
-        let mut wanted = chunks[first..=upto].to_vec();
-        self.add_blob_neighbors(&mut wanted, budget);
-        self.fetch_window(&wanted, last - first + 1, true)
-    }
-
     /// The warm path: every requested chunk already decoded in memory, so no window, no
     /// claim. `None` as soon as one is missing.
     fn all_in_memory(&self, refs: &[ChunkRef]) -> Option<Vec<ChunkResult>> {
@@ -320,55 +297,6 @@ impl FetchChain {
         drop(hot);
         self.metrics.memory_hits.inc_by(hits.len() as u64);
         Some(hits)
-    }
-
-    /// Read amplification across files: the chunks that follow in the blob usually belong
-    /// to the files read next (the builder lays blobs out in tree order), so uncached ones
-    /// ride along in the same origin request while the budget lasts.
-    fn add_blob_neighbors(&self, wanted: &mut Vec<ChunkRef>, mut budget: u64) {
-        let Some(&last) = wanted.last() else { return };
-        let end = self.neighbors_end(last);
-        let chunks = &self.image.blobs[last.blob as usize].chunks;
-        for (index, info) in chunks.iter().enumerate().skip(last.index as usize + 1) {
-            if info.is_hole() {
-                continue;
-            }
-            if info.compressed_offset >= end {
-                break;
-            }
-            // Stop at a chunk already here or on its way: what follows it was most likely
-            // fetched along with it.
-            if info.compressed_size as u64 > budget
-                || self.is_local(&info.digest)
-                || self.inflight.contains(&info.digest)
-            {
-                break;
-            }
-            budget -= info.compressed_size as u64;
-            wanted.push(ChunkRef {
-                blob: last.blob,
-                index: index as u32,
-            });
-        }
-    }
-
-    /// Where in `c`'s blob neighbors stop being worth fetching with it (a compressed
-    /// offset). In a mesh that is the end of `c`'s segment when this node owns it, else
-    /// right away: the owner fetches a segment's neighbors itself when first asked, and a
-    /// member that pulled them too moved several times the bytes it read (a 20-node start
-    /// measured 3.8x) at the cost of every node's CPU.
-    fn neighbors_end(&self, c: ChunkRef) -> u64 {
-        let Some(peers) = self.peers.get() else {
-            return u64::MAX;
-        };
-        let segment_bytes = peers.segment_bytes();
-        let offset = self.info(c).compressed_offset;
-        match offset.checked_div(segment_bytes) {
-            Some(segment) if peers.owns(&[self.want(c, segment_bytes).route]) == [true] => {
-                (segment + 1).saturating_mul(segment_bytes)
-            }
-            _ => 0,
-        }
     }
 
     fn is_local(&self, d: &ChunkDigest) -> bool {
@@ -414,26 +342,13 @@ impl FetchChain {
             .collect()
     }
 
-    /// The same for a member that asked this node as the chunks' owner: never asks the
-    /// mesh again (the owner is where the mesh ends), and fetches the rest of their
-    /// segment behind them, as a reader's window does.
-    pub(crate) fn fetch_for_peers(self: &Arc<Self>, refs: &[ChunkRef]) -> Vec<ChunkResult> {
-        let mut wanted = refs.to_vec();
-        let budget = self
-            .opts
-            .amplify_bytes
-            .saturating_sub(self.stored_bytes(refs));
-        self.add_blob_neighbors(&mut wanted, budget);
-        self.fetch_window(&wanted, refs.len(), false)
-    }
-
     /// [`FetchChain::fetch_many`] for `refs[..now]`, the chunks a reader waits for. The
     /// rest (read amplification) is claimed too, so nobody else fetches it, but fetched
     /// by a background thread: the reader's answer does not wait for the whole window.
     /// Waiting on a slot this caller owns is safe: the background job finishes every slot
     /// it was given, with bytes or an error. Without `ask_peers` (an owner serving
     /// members) the mesh is not asked, nor waited on.
-    fn fetch_window(
+    pub(super) fn fetch_window(
         self: &Arc<Self>,
         refs: &[ChunkRef],
         now: usize,
