@@ -11,6 +11,8 @@
 # Targets (issue 6): with the mesh, registry bytes <= 1.1x the lone node's and p99 <= 2x
 # the lone node's time; without it the registry sends about N times the set.
 #
+# Mode `local` (not run by default) is the floor: the same start with every node already
+# holding the set, so no fetch at all.
 # Usage: benches/rollout.sh [--nodes "10 20"] [--rate BYTES_PER_S] [--json] [--keep DIR]
 #                           [--hedge-ms MS] [--modes "on off"]
 #                           [--peer-set "KEY = VALUE"]...
@@ -136,7 +138,14 @@ start_fleet() {
 # run_fleet N MESH: sets TIMES (ms per node) and BYTES (registry bytes of the run).
 run_fleet() {
     local n=$1 i b0
-    start_fleet "$n" "$2"
+    if [ "$2" = local ]; then
+        # The floor: every node already holds the set (a first start fetched it), so
+        # what is left is FUSE, the nodes and the containers sharing this machine.
+        start_fleet "$n" off
+        for i in $(seq "$n"); do chroot "$WORK/n$i/mnt" /bin/bash -c true; done
+    else
+        start_fleet "$n" "$2"
+    fi
     sync
     echo 3 > /proc/sys/vm/drop_caches
     b0=$(bytes_now)

@@ -125,11 +125,15 @@ impl FetchChain {
                 wants.push(want);
             }
         }
-        let from_peers = std::thread::scope(|s| {
-            let asked = s.spawn(|| self.ask_peers(peers.as_ref(), theirs, &wants));
-            self.fetch_from_origin(mine, found);
-            asked.join().unwrap_or_default()
-        });
+        let from_peers = if mine.is_empty() {
+            self.ask_peers(peers.as_ref(), theirs, &wants)
+        } else {
+            std::thread::scope(|s| {
+                let asked = s.spawn(|| self.ask_peers(peers.as_ref(), theirs, &wants));
+                self.fetch_from_origin(mine, found);
+                asked.join().unwrap_or_default()
+            })
+        };
         let mut rest = Vec::new();
         for (c, slot, data) in from_peers {
             let info = self.info(c);
