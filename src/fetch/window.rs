@@ -55,10 +55,7 @@ impl FetchChain {
         last: usize,
     ) -> Vec<ChunkResult> {
         let mut upto = last;
-        let mut budget = self
-            .opts
-            .amplify_bytes
-            .saturating_sub(self.stored_bytes(&chunks[first..=last]));
+        let mut budget = self.budget_after(&chunks[first..=last]);
         while upto + 1 < chunks.len() {
             let next = self.info(chunks[upto + 1]).compressed_size as u64;
             if next > budget {
@@ -77,12 +74,15 @@ impl FetchChain {
     /// fetches the rest of their segment behind them, as a reader's window does.
     pub(crate) fn fetch_for_peers(self: &Arc<Self>, refs: &[ChunkRef]) -> Vec<ChunkResult> {
         let mut wanted = refs.to_vec();
-        let budget = self
-            .opts
-            .amplify_bytes
-            .saturating_sub(self.stored_bytes(refs));
-        self.add_neighbors_if_scanning(&mut wanted, budget);
+        self.add_neighbors_if_scanning(&mut wanted, self.budget_after(refs));
         self.fetch_window(&wanted, refs.len(), false)
+    }
+
+    /// What is left of the amplification budget once `refs` are in the window.
+    fn budget_after(&self, refs: &[ChunkRef]) -> u64 {
+        self.opts
+            .amplify_bytes
+            .saturating_sub(self.stored_bytes(refs))
     }
 
     /// Adds the blob neighbors of a window (`wanted`, read from its first chunk) when it
