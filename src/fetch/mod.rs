@@ -387,15 +387,14 @@ impl FetchChain {
                 }
             }
         }
-        let all_needed = later
+        if later
             .iter()
-            .all(|(c, _)| needed.contains(&self.info(*c).digest));
-        if !later.is_empty() && all_needed {
+            .all(|(c, _)| needed.contains(&self.info(*c).digest))
+        {
             // Nothing to read ahead: fetched on the reader's own thread, one hand-off
             // fewer (each costs a time slice on a loaded machine).
-            self.fetch_claimed(std::mem::take(&mut later), ask_peers, &mut HashMap::new());
-        }
-        if !later.is_empty() {
+            self.fetch_claimed(later, ask_peers, &mut HashMap::new());
+        } else {
             // Counted as on-demand work until done, so prefetch keeps out of its way.
             self.on_demand.fetch_add(1, Ordering::Relaxed);
             let chain = self.clone();

@@ -97,18 +97,33 @@ impl FetchChain {
         let kind = self.count_origin_request();
         let asked = std::time::Instant::now();
         let bytes = self.backend.read_range(&blob.blob_id, start, len);
+        self.origin_request_done(kind, (start, len), run.len(), asked, None, bytes.is_ok());
+        (start, bytes.map_err(|e| format!("{kind} origin: {e}")))
+    }
+
+    /// Logs one origin request (`first_ms`: when its first bytes came, if streamed) and
+    /// counts it when it failed.
+    fn origin_request_done(
+        &self,
+        kind: &'static str,
+        (offset, len): (u64, usize),
+        chunks: usize,
+        asked: std::time::Instant,
+        first_ms: Option<f64>,
+        ok: bool,
+    ) {
         tracing::debug!(
             origin = kind,
-            offset = start,
+            offset,
             len,
-            chunks = run.len(),
+            chunks,
             ms = asked.elapsed().as_secs_f64() * 1e3,
+            first_ms,
             "origin request"
         );
-        if bytes.is_err() {
+        if !ok {
             self.metrics.origin_errors.with_label_values(&[kind]).inc();
         }
-        (start, bytes.map_err(|e| format!("{kind} origin: {e}")))
     }
 
     /// Where a run starts in its blob, and how long it is.
@@ -182,17 +197,15 @@ impl FetchChain {
         let read = self
             .backend
             .read_range_streamed(&blob.blob_id, start, len, &mut sink);
-        tracing::debug!(
-            origin = kind,
-            offset = start,
-            len,
-            chunks = run.len(),
-            ms = asked.elapsed().as_secs_f64() * 1e3,
-            first_ms,
-            "origin request (streamed)"
+        self.origin_request_done(
+            kind,
+            (start, len),
+            run.len(),
+            asked,
+            Some(first_ms),
+            read.is_ok(),
         );
         if let Err(e) = read {
-            self.metrics.origin_errors.with_label_values(&[kind]).inc();
             for (c, slot) in &run[out.len()..] {
                 let result = Err(format!("{kind} origin: {e}"));
                 self.inflight

@@ -74,24 +74,29 @@ impl FetchChain {
         let _ = self.peers.set(peers);
     }
 
-    pub(super) fn want(&self, c: ChunkRef, segment_bytes: u64) -> ChunkWant {
+    /// Where the mesh routes chunk `c`: its blob segment of `segment_bytes`, or its
+    /// digest when segments are off (0).
+    pub(super) fn route_key(&self, c: ChunkRef, segment_bytes: u64) -> RouteKey {
         let info = self.info(c);
-        let blob_id = &self.image.blobs[c.blob as usize].blob_id;
-        let route = match info.compressed_offset.checked_div(segment_bytes) {
+        match info.compressed_offset.checked_div(segment_bytes) {
             Some(segment) => {
                 let mut h = blake3::Hasher::new();
-                h.update(blob_id.as_bytes());
+                h.update(self.image.blobs[c.blob as usize].blob_id.as_bytes());
                 h.update(&segment.to_le_bytes());
                 *h.finalize().as_bytes()
             }
             None => info.digest.0,
-        };
+        }
+    }
+
+    fn want(&self, c: ChunkRef, segment_bytes: u64) -> ChunkWant {
+        let info = self.info(c);
         ChunkWant {
             id: ChunkId {
                 algo: algo(self.image.digester),
                 digest: info.digest.0,
             },
-            route,
+            route: self.route_key(c, segment_bytes),
             size: info.uncompressed_size,
             origin: OriginHint {
                 blob_id: self.image.blobs[c.blob as usize].blob_id.clone(),

@@ -88,14 +88,14 @@ impl FetchChain {
     /// Adds the blob neighbors of a window (`wanted`, read from its first chunk) when it
     /// continues a scan, and remembers where it ends.
     fn add_neighbors_if_scanning(&self, wanted: &mut Vec<ChunkRef>, budget: u64) {
-        let (Some(&start), Some(&last)) = (wanted.first(), wanted.last()) else {
+        let Some(&start) = wanted.first() else {
             return;
         };
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if streams.continues(start) {
             self.add_blob_neighbors(wanted, budget);
         }
-        streams.note(start, wanted.last().copied().unwrap_or(last));
+        streams.note(start, wanted.last().copied().unwrap_or(start));
     }
 
     /// Read amplification across files: the chunks that follow in the blob usually belong
@@ -140,7 +140,7 @@ impl FetchChain {
         let segment_bytes = peers.segment_bytes();
         let offset = self.info(c).compressed_offset;
         match offset.checked_div(segment_bytes) {
-            Some(segment) if peers.owns(&[self.want(c, segment_bytes).route]) == [true] => {
+            Some(segment) if peers.owns(&[self.route_key(c, segment_bytes)]) == [true] => {
                 (segment + 1).saturating_mul(segment_bytes)
             }
             _ => 0,
