@@ -35,14 +35,9 @@ while [ $# -gt 0 ]; do
     *) die "usage: benches/compare-registry.sh [--rounds N] [--rate BYTES_PER_S] [--json]" ;;
     esac
 done
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
-ROOTFS=${WARREN_ROOTFS:-$WARREN_ROOTFS_DEFAULT}
-require_root "FUSE mounts, chroot and dropping the page cache need root"
-ensure_apt_packages docker-registry=docker-registry skopeo=skopeo umoci=umoci curl=curl
-ensure_rootfs "$ROOTFS"
+prepare_registry_bench
 ensure_nydus_tools
 NYDUSD=$WARREN_TOOLS_ROOT/bin/nydusd
-ensure_warren_bin
 
 WORK=$(mktemp -d /var/tmp/warren-regbench.XXXXXX)
 MNT=$WORK/mnt
@@ -101,7 +96,7 @@ run_warren() {
     stop_mount "$pid"
 }
 run_nydusd() {
-    rm -rf "$WORK/nydus-cache" "$WORK/boot"
+    rm -rf "${WORK:?}/nydus-cache" "${WORK:?}/boot"
     mkdir -p "$WORK/nydus-cache" "$WORK/boot"
     printf '{"device":{"backend":{"type":"registry","config":{"scheme":"http","host":"%s","repo":"debian","timeout":20,"connect_timeout":5,"retry_limit":2}},"cache":{"type":"blobcache","config":{"work_dir":"%s"}}},"mode":"direct","digest_validate":false,"enable_xattr":true}' \
         "$PROXY" "$WORK/nydus-cache" > "$WORK/nydusd.json"

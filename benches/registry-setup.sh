@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # the variables it sets are read by the scripts that source it
 # Shared by the registry benchmarks (sourced, not run): a Debian `docker-registry` on a
 # free loopback port holding the Debian minbase image as OCI (`debian:minbase`), its Nydus
 # conversion (`debian:nydus`), and a bandwidth-capped proxy in front of it that counts the
@@ -10,6 +11,17 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[i
 p99() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99+0.999); if (i<1) i=1; print a[i]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1000000}'; }
+
+# prepare_registry_bench: what every registry benchmark needs before it starts (root,
+# the registry and OCI tools, the Debian rootfs, a warren binary); sets ROOTFS.
+prepare_registry_bench() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
+    ROOTFS=${WARREN_ROOTFS:-$WARREN_ROOTFS_DEFAULT}
+    require_root "FUSE mounts, chroot and dropping the page cache need root"
+    ensure_apt_packages docker-registry=docker-registry skopeo=skopeo umoci=umoci curl=curl
+    ensure_rootfs "$ROOTFS"
+    ensure_warren_bin
+}
 
 # start_registry: sets REG_PORT.
 start_registry() {

@@ -11,6 +11,8 @@
 # Targets (issue 6): with the mesh, registry bytes <= 1.1x the lone node's and p99 <= 2x
 # the lone node's time; without it the registry sends about N times the set.
 #
+# ROLLOUT_PERF=FILE records a system-wide perf profile of each run's start into
+# FILE.N.MODE (ROLLOUT_PERF_ARGS: perf's sampling options, default -g).
 # Mode `local` (not run by default) is the floor: the same start with every node already
 # holding the set, so no fetch at all.
 # Usage: benches/rollout.sh [--nodes "10 20"] [--rate BYTES_PER_S] [--json] [--keep DIR]
@@ -46,12 +48,7 @@ while [ $# -gt 0 ]; do
     *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS] [--modes \"on off\"] [--peer-set \"KEY = VALUE\"]" ;;
     esac
 done
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/warren-target}
-ROOTFS=${WARREN_ROOTFS:-$WARREN_ROOTFS_DEFAULT}
-require_root "FUSE mounts, chroot and dropping the page cache need root"
-ensure_apt_packages docker-registry=docker-registry skopeo=skopeo umoci=umoci curl=curl
-ensure_rootfs "$ROOTFS"
-ensure_warren_bin
+prepare_registry_bench
 
 WORK=$(mktemp -d /var/tmp/warren-rollout.XXXXXX)
 PIDS=()
@@ -153,6 +150,7 @@ run_fleet() {
     local readers=()
     local perf=
     if [ -n "${ROLLOUT_PERF:-}" ]; then
+        # shellcheck disable=SC2086 # ROLLOUT_PERF_ARGS holds several arguments
         perf record -a ${ROLLOUT_PERF_ARGS:--g} -q -o "$ROLLOUT_PERF.$n.$2" 2>/dev/null &
         perf=$!
         sleep 0.5
