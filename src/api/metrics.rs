@@ -49,6 +49,7 @@ pub struct Metrics {
     pub prefetch_chunks_total: IntGauge,
     pub prefetch_chunks_done: IntCounter,
     pub prefetch_bytes: IntCounter,
+    pub pushed_bytes: IntCounter,
     pub mounts: IntGauge,
 }
 
@@ -130,6 +131,10 @@ impl Metrics {
             prefetch_bytes: counter(
                 "warren_prefetch_bytes_total",
                 "Prefetched uncompressed bytes",
+            ),
+            pushed_bytes: counter(
+                "warren_page_cache_pushed_bytes_total",
+                "Read-ahead bytes put into the kernel's page cache before they were read",
             ),
             mounts: gauge("warren_mounts", "Images mounted"),
             registry,

@@ -64,6 +64,10 @@ pub struct MountArgs {
     /// Largest merged origin request, bytes.
     #[arg(long, default_value_t = crate::fetch::DEFAULT_AMPLIFY_BYTES)]
     pub amplify_bytes: u64,
+    /// Do not put chunks read ahead for a scan into the kernel's page cache (each read
+    /// then asks the node).
+    #[arg(long)]
+    pub no_push_read_ahead: bool,
     /// Serve Prometheus text at http://ADDR/metrics while mounted (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -178,6 +182,7 @@ pub fn run(args: MountArgs, quiet: bool) -> anyhow::Result<()> {
         },
         prefetch_all: args.prefetch_all,
         prefetch_bandwidth: args.prefetch_bandwidth,
+        push_read_ahead: !args.no_push_read_ahead,
         ..MountOptions::default()
     };
     let term = Arc::new(AtomicBool::new(false));

@@ -13,7 +13,10 @@ pub mod inflight;
 mod origin;
 pub mod peers;
 pub mod prefetch;
+mod readahead;
 mod window;
+
+pub use readahead::ReadAheadSink;
 
 use crate::api::metrics::{ChunkSource, Metrics};
 use crate::backend::BlobBackend;
@@ -81,6 +84,8 @@ pub struct FetchChain {
     peers: OnceLock<Arc<dyn peers::PeerSource>>,
     /// Where recent reads left off, to tell scans from scattered reads.
     streams: std::sync::Mutex<window::ReadStreams>,
+    /// Where chunks fetched ahead of readers are offered (the FUSE layer's page pusher).
+    read_ahead: OnceLock<Arc<dyn ReadAheadSink>>,
 }
 
 /// Hands out [`FetchChain::owner`] ids.
@@ -189,6 +194,7 @@ impl FetchChain {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             peers: OnceLock::new(),
             streams: Default::default(),
+            read_ahead: OnceLock::new(),
         }
     }
 
@@ -398,9 +404,20 @@ impl FetchChain {
             // Counted as on-demand work until done, so prefetch keeps out of its way.
             self.on_demand.fetch_add(1, Ordering::Relaxed);
             let chain = self.clone();
+            let ahead: Vec<(ChunkRef, ChunkDigest)> = later
+                .iter()
+                .map(|(c, _)| (*c, self.info(*c).digest))
+                .filter(|(_, d)| !needed.contains(d))
+                .collect();
             background::spawn(move || {
                 let _guard = OnDemand(&chain.on_demand);
-                chain.fetch_claimed(later, ask_peers, &mut HashMap::new());
+                let mut found = HashMap::new();
+                chain.fetch_claimed(later, ask_peers, &mut found);
+                chain.read_ahead_done(
+                    ahead
+                        .into_iter()
+                        .filter_map(|(c, d)| found.get(&d).map(|r| (c, r))),
+                );
             });
         }
         for run in reader_runs {

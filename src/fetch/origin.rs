@@ -73,7 +73,8 @@ impl FetchChain {
             chain.on_demand.fetch_add(1, Ordering::Relaxed);
             super::background::spawn(move || {
                 let _guard = super::OnDemand(&chain.on_demand);
-                chain.expand_all(later, start, &bg);
+                let done = chain.expand_all(later, start, &bg);
+                chain.read_ahead_done(done.iter().map(|(c, r)| (*c, r)));
             });
             return self.expand_all(now, start, &bytes);
         }

@@ -4,6 +4,7 @@
 
 pub mod filesystem;
 pub mod opcodes;
+mod push;
 pub mod session;
 
 pub use filesystem::RafsFs;

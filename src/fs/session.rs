@@ -34,6 +34,8 @@ pub struct MountOptions {
     pub prefetch_all: bool,
     /// Prefetch bandwidth cap in bytes per second (0: no cap).
     pub prefetch_bandwidth: u64,
+    /// Put chunks read ahead for a scan into the kernel's page cache (see `fs::push`).
+    pub push_read_ahead: bool,
 }
 
 pub const DEFAULT_FUSE_THREADS: usize = 4;
@@ -46,6 +48,7 @@ impl Default for MountOptions {
             prefetch_files: Vec::new(),
             prefetch_all: false,
             prefetch_bandwidth: 0,
+            push_read_ahead: true,
         }
     }
 }
@@ -176,6 +179,21 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+fn start_pusher(session: &FuseSession, chain: &Arc<FetchChain>) {
+    let pusher = session
+        .clone_fuse_file()
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            let pushed = chain.metrics().pushed_bytes.clone();
+            super::push::PagePusher::start(chain.image().clone(), f, pushed)
+                .map_err(|e| e.to_string())
+        });
+    match pusher {
+        Ok(pusher) => chain.set_read_ahead_sink(Arc::new(pusher)),
+        Err(e) => tracing::warn!(error = %e, "read-ahead will not be pushed into the page cache"),
+    }
+}
+
 impl ImageMount {
     pub fn mount(
         mountpoint: &Path,
@@ -189,6 +207,9 @@ impl ImageMount {
             .mount()
             .map_err(|e| MountError::Fuse(format!("mounting {}: {e}", mountpoint.display())))?;
         let server = Arc::new(Server::new(Arc::new(RafsFs::new(chain.clone()))));
+        if opts.push_read_ahead {
+            start_pusher(&session, &chain);
+        }
         let mut workers = Vec::new();
         for i in 0..opts.fuse_threads.max(1) {
             let mut channel = session

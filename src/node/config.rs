@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub blob_dir: Option<PathBuf>,
     /// FUSE worker threads per mount. Default: 4.
     pub fuse_threads: usize,
+    /// Put chunks read ahead for a scan into the kernel's page cache, so the scan's next
+    /// files are read without a FUSE request. Default: true.
+    pub push_read_ahead: bool,
     /// A name for this node, reported as `id` by `GET /api/v1/daemon`. Default: none.
     pub id: Option<String>,
     /// `[fetch]`: the fetch chain's settings ([`FetchOptions`], each field documented
@@ -69,6 +72,7 @@ impl Default for NodeConfig {
             cache_dir: None,
             blob_dir: None,
             fuse_threads: DEFAULT_FUSE_THREADS,
+            push_read_ahead: true,
             id: None,
             fetch: FetchOptions::default(),
             prefetch: PrefetchConfig::default(),
@@ -293,6 +297,7 @@ impl NodeConfig {
             store: self.store,
             mount_defaults: MountOptions {
                 fuse_threads: self.fuse_threads,
+                push_read_ahead: self.push_read_ahead,
                 prefetch_table: self.prefetch.table,
                 prefetch_files: self.prefetch.files,
                 prefetch_all: self.prefetch.all,
@@ -316,6 +321,7 @@ impl NodeSettings {
             cache_dir: Some(self.cache_dir.clone().unwrap_or_else(|| "none".into())),
             blob_dir: Some(self.blob_dir.clone()),
             fuse_threads: m.fuse_threads,
+            push_read_ahead: m.push_read_ahead,
             id: self.id.clone(),
             fetch: self.fetch.clone(),
             store: self.store.clone(),
