@@ -17,8 +17,6 @@
 //!   appends them, fdatasyncs the file once per batch, and only then writes the batch's index
 //!   entries, the file's committed length and the store totals in one atomic RocksDB write
 //!   batch. A crash can lose a chunk, never make an entry point at bytes that are not there.
-//!   Chunks that keep coming are held (up to half the queue) until the queue is quiet, so a
-//!   burst of reads does not share the CPU with writing what it fetched.
 //!   The cost of that sync was measured (see "Figures" below) and is small per batch.
 //! - **Repair at open costs O(files), not O(chunks)**: bytes past a file's committed length
 //!   (a write cut short) are truncated; files the index never committed are deleted; holes

@@ -65,42 +65,37 @@ const WRITER_NICE: libc::c_int = 10;
 
 fn run(inner: &Inner, rx: Receiver<Msg>) {
     let mut last_touch_save = Instant::now();
-    let mut held = Held::default();
     loop {
-        // Chunks are held while more keep coming (a start or a scan in progress) and written
-        // once the queue has been quiet for a moment, or when too many are held.
-        let wait = if held.items.is_empty() {
-            TOUCH_INTERVAL
-        } else {
-            QUIET
-        };
-        let mut waiters = Vec::new();
-        match rx.recv_timeout(wait) {
-            Ok(first) => {
-                let mut next = Some(first);
-                while let Some(msg) = next.take() {
-                    match msg {
-                        Msg::Put(k, d) => held.push(k, d),
-                        Msg::Flush(w) => waiters.push(w),
-                    }
-                    if held.bytes < HOLD_BYTES {
-                        next = rx.try_recv().ok();
-                    }
-                }
+        let first = match rx.recv_timeout(TOUCH_INTERVAL) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                inner.save_touches();
+                last_touch_save = Instant::now();
+                continue;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                held.write_all(inner);
-                break;
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Put(k, d) => {
+                    bytes += d.len() as u64;
+                    batch.push((k, d));
+                }
+                Msg::Flush(w) => waiters.push(w),
+            }
+            if bytes < BATCH_BYTES && batch.len() < BATCH_CHUNKS {
+                next = rx.try_recv().ok();
             }
         }
-        let quiet_now = waiters.is_empty() && !held.items.is_empty() && held.bytes < HOLD_BYTES;
-        if !waiters.is_empty() || held.quiet_for() >= QUIET {
-            held.write_all(inner);
-        } else if held.bytes >= HOLD_BYTES {
-            held.write_batch(inner);
-        } else if quiet_now {
-            continue;
+        inner.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if !batch.is_empty() {
+            // Errors are counted and logged inside; the read that fetched these chunks has
+            // already been served, so a failed write only costs a later refetch.
+            let _ = inner.commit(batch);
         }
         if !waiters.is_empty() || last_touch_save.elapsed() >= TOUCH_INTERVAL {
             inner.save_touches();
@@ -108,58 +103,6 @@ fn run(inner: &Inner, rx: Receiver<Msg>) {
         }
         for w in waiters {
             let _ = w.send(());
-        }
-    }
-}
-
-/// How long the queue must stay empty before held chunks are written.
-const QUIET: Duration = Duration::from_millis(50);
-/// Held chunks are written regardless past this many bytes (half the queue's bound, so puts
-/// still find room while a batch is written).
-const HOLD_BYTES: u64 = QUEUE_BYTES / 2;
-
-/// Chunks taken off the queue and not yet written (still counted in `queued_bytes`).
-#[derive(Default)]
-struct Held {
-    items: std::collections::VecDeque<(ChunkKey, Arc<Vec<u8>>)>,
-    bytes: u64,
-    last_put: Option<Instant>,
-}
-
-impl Held {
-    fn push(&mut self, k: ChunkKey, d: Arc<Vec<u8>>) {
-        self.bytes += d.len() as u64;
-        self.items.push_back((k, d));
-        self.last_put = Some(Instant::now());
-    }
-
-    fn quiet_for(&self) -> Duration {
-        self.last_put.map_or(Duration::MAX, |t| t.elapsed())
-    }
-
-    /// Writes the oldest held chunks, one batch.
-    fn write_batch(&mut self, inner: &Inner) {
-        let mut batch = Vec::new();
-        let mut bytes = 0u64;
-        while let Some((k, d)) = self.items.pop_front() {
-            bytes += d.len() as u64;
-            batch.push((k, d));
-            if bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
-                break;
-            }
-        }
-        self.bytes -= bytes;
-        inner.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        if !batch.is_empty() {
-            // Errors are counted and logged inside; the read that fetched these chunks has
-            // already been served, so a failed write only costs a later refetch.
-            let _ = inner.commit(batch);
-        }
-    }
-
-    fn write_all(&mut self, inner: &Inner) {
-        while !self.items.is_empty() {
-            self.write_batch(inner);
         }
     }
 }
