@@ -9,8 +9,10 @@ use crate::rafs::image::{ChunkRef, Image, InodeId, InodeKind};
 use prometheus::IntCounter;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Batches of chunks waiting to be pushed; more are dropped (the reader then asks for them
 /// the usual way).
@@ -31,12 +33,25 @@ pub struct PagePusher {
 
 impl PagePusher {
     /// Starts pushing into the FUSE session behind `fuse` (a clone of its /dev/fuse file).
-    /// Counts what it pushes in `pushed`.
-    pub fn start(image: Arc<Image>, fuse: File, pushed: IntCounter) -> std::io::Result<PagePusher> {
+    /// Counts what it pushes in `pushed`; ends (closing its file) once `stop` is set.
+    pub fn start(
+        image: Arc<Image>,
+        fuse: File,
+        pushed: IntCounter,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<PagePusher> {
         let (queue, rx) = sync_channel(QUEUE_BATCHES);
         std::thread::Builder::new()
             .name("warren-fuse-push".into())
-            .spawn(move || run(&ChunkPlaces::new(&image), &image, &fuse, &rx, &pushed))?;
+            .spawn(move || {
+                let out = Pushing {
+                    places: ChunkPlaces::new(&image),
+                    image: &image,
+                    fuse: &fuse,
+                    pushed: &pushed,
+                };
+                out.run(&rx, &stop)
+            })?;
         Ok(PagePusher { queue })
     }
 }
@@ -76,37 +91,52 @@ impl ChunkPlaces {
     }
 }
 
-fn run(
-    places: &ChunkPlaces,
-    image: &Image,
-    fuse: &File,
-    rx: &Receiver<Batch>,
-    pushed: &IntCounter,
-) {
-    let cs = image.chunk_size as u64;
-    while let Ok(batch) = rx.recv() {
-        for (c, data) in &batch {
-            for (id, k) in places.of(*c) {
-                let offset = k as u64 * cs;
-                let len = image.inodes[id]
-                    .size
-                    .saturating_sub(offset)
-                    .min(data.len() as u64);
-                if len == 0 {
-                    continue;
-                }
-                match notify_store(fuse, id as u64 + 1, offset, &data[..len as usize]) {
-                    Ok(()) => pushed.inc_by(len),
-                    // The kernel has not looked the file up (or has forgotten it): nothing
-                    // to cache into.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "pushing read-ahead into the page cache stopped");
-                        return;
-                    }
+/// How often a pusher with nothing to do checks whether its mount is gone.
+const STOP_CHECK: Duration = Duration::from_millis(500);
+
+struct Pushing<'a> {
+    places: ChunkPlaces,
+    image: &'a Image,
+    fuse: &'a File,
+    pushed: &'a IntCounter,
+}
+
+impl Pushing<'_> {
+    fn run(&self, rx: &Receiver<Batch>, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let batch = match rx.recv_timeout(STOP_CHECK) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            for (c, data) in &batch {
+                if let Err(e) = self.push(*c, data) {
+                    tracing::debug!(error = %e, "pushing read-ahead into the page cache stopped");
+                    return;
                 }
             }
         }
+    }
+
+    /// Pushes one chunk into each file that holds it.
+    fn push(&self, c: ChunkRef, data: &[u8]) -> std::io::Result<()> {
+        let cs = self.image.chunk_size as u64;
+        for (id, k) in self.places.of(c) {
+            let offset = k as u64 * cs;
+            let size = self.image.inodes[id].size;
+            let len = size.saturating_sub(offset).min(data.len() as u64);
+            if len == 0 {
+                continue;
+            }
+            match notify_store(self.fuse, id as u64 + 1, offset, &data[..len as usize]) {
+                Ok(()) => self.pushed.inc_by(len),
+                // The kernel has not looked the file up (or has forgotten it): nothing to
+                // cache into.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

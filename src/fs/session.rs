@@ -179,13 +179,13 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-fn start_pusher(session: &FuseSession, chain: &Arc<FetchChain>) {
+fn start_pusher(session: &FuseSession, chain: &Arc<FetchChain>, stop: &Arc<AtomicBool>) {
     let pusher = session
         .clone_fuse_file()
         .map_err(|e| e.to_string())
         .and_then(|f| {
             let pushed = chain.metrics().pushed_bytes.clone();
-            super::push::PagePusher::start(chain.image().clone(), f, pushed)
+            super::push::PagePusher::start(chain.image().clone(), f, pushed, stop.clone())
                 .map_err(|e| e.to_string())
         });
     match pusher {
@@ -207,8 +207,9 @@ impl ImageMount {
             .mount()
             .map_err(|e| MountError::Fuse(format!("mounting {}: {e}", mountpoint.display())))?;
         let server = Arc::new(Server::new(Arc::new(RafsFs::new(chain.clone()))));
+        let stop = Arc::new(AtomicBool::new(false));
         if opts.push_read_ahead {
-            start_pusher(&session, &chain);
+            start_pusher(&session, &chain, &stop);
         }
         let mut workers = Vec::new();
         for i in 0..opts.fuse_threads.max(1) {
@@ -236,7 +237,6 @@ impl ImageMount {
             workers.push(worker);
         }
         chain.metrics().mounts.inc();
-        let stop = Arc::new(AtomicBool::new(false));
         let plan = prefetch_plan(&chain, opts);
         chain.protect_prefetch_set(&plan.inodes);
         let prefetch = (!plan.inodes.is_empty() || plan.all)
