@@ -408,27 +408,9 @@ fn mount_errors_are_clear() {
 /// A real root file system: built, mounted, compared with its source, and run from.
 #[test]
 fn debian_minbase_mounts_and_runs() {
-    let rootfs = PathBuf::from(
-        std::env::var_os("WARREN_ROOTFS")
-            .unwrap_or_else(|| "/var/tmp/warren-rootfs/bookworm-minbase".into()),
-    );
-    assert!(
-        rootfs.join("bin/sh").exists(),
-        "no Debian rootfs at {} (scripts/test.sh makes one)",
-        rootfs.display()
-    );
+    let rootfs = rootfs::debian_rootfs();
     let work = tempfile::tempdir().unwrap();
-    let boot = work.path().join("debian.boot");
-    let blobs = work.path().join("blobs");
-    warren_ok(&[
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-B".as_ref(),
-        boot.as_os_str(),
-        "-D".as_ref(),
-        blobs.as_os_str(),
-        rootfs.as_os_str(),
-    ]);
+    let (boot, blobs) = create_image(&rootfs, work.path());
     let m = MountProcess::start(&boot, &blobs);
     let diff = Command::new("diff")
         .args(["-r", "--no-dereference"])

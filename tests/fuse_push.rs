@@ -76,27 +76,9 @@ fn scan(boot: &Path, blobs: &Path, source: &Path, push: bool) -> Scan {
 
 #[test]
 fn a_scan_finds_most_files_already_in_the_page_cache() {
-    let rootfs = PathBuf::from(
-        std::env::var_os("WARREN_ROOTFS")
-            .unwrap_or_else(|| "/var/tmp/warren-rootfs/bookworm-minbase".into()),
-    );
-    assert!(
-        rootfs.join("bin/sh").exists(),
-        "no Debian rootfs at {} (scripts/test.sh makes one)",
-        rootfs.display()
-    );
+    let rootfs = rootfs::debian_rootfs();
     let work = tempfile::tempdir().unwrap();
-    let boot = work.path().join("debian.boot");
-    let blobs = work.path().join("blobs");
-    warren_ok(&[
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-B".as_ref(),
-        boot.as_os_str(),
-        "-D".as_ref(),
-        blobs.as_os_str(),
-        rootfs.as_os_str(),
-    ]);
+    let (boot, blobs) = create_image(&rootfs, work.path());
     let pushed = scan(&boot, &blobs, &rootfs, true);
     assert!(pushed.pushed > 0, "nothing was pushed into the page cache");
     assert!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod rootfs;
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -189,6 +190,21 @@ pub fn warren_ok(args: &[&std::ffi::OsStr]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `warren create -q TREE` into `dir`: the bootstrap's and the blob directory's paths.
+pub fn create_image(tree: &std::path::Path, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (boot, blobs) = (dir.join("image.boot"), dir.join("blobs"));
+    warren_ok(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-B".as_ref(),
+        boot.as_os_str(),
+        "-D".as_ref(),
+        blobs.as_os_str(),
+        tree.as_os_str(),
+    ]);
+    (boot, blobs)
 }
 
 /// The fixture tree, extracted as root with owners, xattrs and device nodes.

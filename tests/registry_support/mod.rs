@@ -8,6 +8,9 @@
 pub mod checks;
 #[path = "../common/child.rs"]
 pub mod child;
+#[path = "../common/rootfs.rs"]
+mod rootfs_tree;
+pub use rootfs_tree::debian_rootfs as rootfs;
 pub mod proxy;
 pub mod token;
 
@@ -208,19 +211,6 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let line = String::from_utf8_lossy(&buf[..n]);
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-pub fn rootfs() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var_os("WARREN_ROOTFS")
-            .unwrap_or_else(|| "/var/tmp/warren-rootfs/bookworm-minbase".into()),
-    );
-    assert!(
-        p.join("bin/sh").exists(),
-        "no Debian rootfs at {} (scripts/test.sh makes one)",
-        p.display()
-    );
-    p
 }
 
 /// An OCI layout holding the Debian rootfs as one tar.gz layer (tag `minbase`), made once
