@@ -404,10 +404,12 @@ impl FetchChain {
             // Counted as on-demand work until done, so prefetch keeps out of its way.
             self.on_demand.fetch_add(1, Ordering::Relaxed);
             let chain = self.clone();
+            // Offered to this node's own readers only: an owner's window for members is
+            // not read here.
             let ahead: Vec<(ChunkRef, ChunkDigest)> = later
                 .iter()
                 .map(|(c, _)| (*c, self.info(*c).digest))
-                .filter(|(_, d)| !needed.contains(d))
+                .filter(|(_, d)| ask_peers && !needed.contains(d))
                 .collect();
             background::spawn(move || {
                 let _guard = OnDemand(&chain.on_demand);

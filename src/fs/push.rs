@@ -10,7 +10,7 @@ use prometheus::IntCounter;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,9 +58,8 @@ impl PagePusher {
 
 impl ReadAheadSink for PagePusher {
     fn offer(&self, chunks: Batch) {
-        match self.queue.try_send(chunks) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        // A full queue drops the batch: its files are then read the usual way.
+        let _ = self.queue.try_send(chunks);
     }
 }
 
