@@ -145,13 +145,6 @@ impl ReadParts {
         self.len == 0
     }
 
-    /// Hands each piece to `f`, in order.
-    pub fn for_each(&self, mut f: impl FnMut(&[u8])) {
-        for (data, range) in &self.pieces {
-            f(&data[range.clone()]);
-        }
-    }
-
     /// Hands each piece to `f`, in order, until one fails.
     pub fn try_for_each<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         self.pieces
@@ -233,21 +226,8 @@ impl FetchChain {
         self.on_demand.load(Ordering::Relaxed) > 0
     }
 
-    /// Up to `size` bytes of regular file `inode` from `offset` (fewer at the end of file).
-    pub fn read(
-        self: &Arc<Self>,
-        inode: InodeId,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, FetchError> {
-        let parts = self.read_parts(inode, offset, size)?;
-        let mut out = Vec::with_capacity(parts.len());
-        parts.for_each(|s| out.extend_from_slice(s));
-        Ok(out)
-    }
-
-    /// [`FetchChain::read`] without gathering the bytes into one buffer: the FUSE reply
-    /// copies straight from the chunks.
+    /// Up to `size` bytes of regular file `inode` from `offset` (fewer at the end of file),
+    /// as ranges of the chunks that hold them: the FUSE reply copies straight from those.
     pub fn read_parts(
         self: &Arc<Self>,
         inode: InodeId,
@@ -295,7 +275,7 @@ impl FetchChain {
     /// The warm path: every requested chunk already decoded in memory, so no window, no
     /// claim. `None` as soon as one is missing.
     fn all_in_memory(&self, refs: &[ChunkRef]) -> Option<Vec<ChunkResult>> {
-        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hot = self.hot();
         let hits = refs
             .iter()
             .map(|c| hot.get(&self.info(*c).digest).map(Ok))
@@ -305,20 +285,17 @@ impl FetchChain {
         Some(hits)
     }
 
+    /// The decoded chunks in memory (a panic elsewhere leaves them usable).
+    fn hot(&self) -> std::sync::MutexGuard<'_, HotChunks> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn is_local(&self, d: &ChunkDigest) -> bool {
-        self.hot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lru
-            .contains(d)
-            || self.cache.contains(&self.key(*d))
+        self.hot().lru.contains(d) || self.cache.contains(&self.key(*d))
     }
 
     fn hot_put(&self, d: ChunkDigest, data: &Arc<Vec<u8>>) {
-        self.hot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(d, data.clone());
+        self.hot().put(d, data.clone());
     }
 
     fn info(&self, c: ChunkRef) -> &ChunkInfo {
@@ -404,12 +381,14 @@ impl FetchChain {
             // Counted as on-demand work until done, so prefetch keeps out of its way.
             self.on_demand.fetch_add(1, Ordering::Relaxed);
             let chain = self.clone();
-            // Offered to this node's own readers only: an owner's window for members is
-            // not read here.
+            // Offered to this node's own readers only (an owner's window for members is
+            // not read here), and only when someone takes read-ahead.
+            let offer = ask_peers && self.read_ahead.get().is_some();
             let ahead: Vec<(ChunkRef, ChunkDigest)> = later
                 .iter()
+                .filter(|_| offer)
                 .map(|(c, _)| (*c, self.info(*c).digest))
-                .filter(|(_, d)| ask_peers && !needed.contains(d))
+                .filter(|(_, d)| !needed.contains(d))
                 .collect();
             background::spawn(move || {
                 let _guard = OnDemand(&chain.on_demand);
@@ -488,11 +467,7 @@ impl FetchChain {
     }
 
     fn in_memory(&self, digest: &ChunkDigest) -> Option<Arc<Vec<u8>>> {
-        let data = self
-            .hot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)?;
+        let data = self.hot().get(digest)?;
         // A memory hit is not a fetch: the traffic split counts where chunks came from.
         self.metrics.memory_hits.inc();
         Some(data)

@@ -257,7 +257,7 @@ impl ChunkProvider for NodeChunks {
     fn in_memory(&self, want: &ChunkWant) -> Option<Arc<Vec<u8>>> {
         let digest = ChunkDigest(want.id.digest);
         self.chain_of(want)
-            .and_then(|c| c.hot.lock().unwrap_or_else(|p| p.into_inner()).get(&digest))
+            .and_then(|c| c.hot().get(&digest))
             .filter(|d| d.len() == want.size as usize)
     }
 
