@@ -9,10 +9,14 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, MeshConfig, OriginHint};
+
+#[path = "../tests/support/loopback.rs"]
+mod loopback;
+use loopback::free_port;
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS: usize = 64;
@@ -28,16 +32,6 @@ impl ChunkProvider for Holder {
     }
     fn fetch_as_owner(&self, wants: &[ChunkWant]) -> Vec<Option<Arc<Vec<u8>>>> {
         wants.iter().map(|w| self.held(w)).collect()
-    }
-}
-
-fn free_port(ip: [u8; 4]) -> SocketAddr {
-    loop {
-        let t = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
-        let addr = t.local_addr().unwrap();
-        if UdpSocket::bind(addr).is_ok() {
-            return addr;
-        }
     }
 }
 
@@ -163,21 +157,18 @@ fn main() {
     let (tcp_wall, tcp_cpu) = over_tcp(&set);
     let (quic_wall, quic_cpu) = over_quic(&set);
     let rate = |d: Duration| mib / d.as_secs_f64();
+    let report = |name: &str, wall: Duration, cpu: Duration| {
+        println!(
+            "  {name:<13} {:>7.1} ms wall {:>7.1} ms CPU  {:>7.0} MiB/s  {:>7.0} MiB per CPU-second",
+            wall.as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e3,
+            rate(wall),
+            rate(cpu)
+        )
+    };
     println!("{mib:.0} MiB in {CHUNK}-byte chunks, both ends in this process:");
-    println!(
-        "  mesh (QUIC)   {:>7.1} ms wall {:>7.1} ms CPU  {:>7.0} MiB/s  {:>7.0} MiB per CPU-second",
-        quic_wall.as_secs_f64() * 1e3,
-        quic_cpu.as_secs_f64() * 1e3,
-        rate(quic_wall),
-        rate(quic_cpu)
-    );
-    println!(
-        "  loopback TCP  {:>7.1} ms wall {:>7.1} ms CPU  {:>7.0} MiB/s  {:>7.0} MiB per CPU-second",
-        tcp_wall.as_secs_f64() * 1e3,
-        tcp_cpu.as_secs_f64() * 1e3,
-        rate(tcp_wall),
-        rate(tcp_cpu)
-    );
+    report("mesh (QUIC)", quic_wall, quic_cpu);
+    report("loopback TCP", tcp_wall, tcp_cpu);
     println!(
         "  mesh/TCP: {:.2}x the wall time, {:.2}x the CPU",
         quic_wall.as_secs_f64() / tcp_wall.as_secs_f64(),

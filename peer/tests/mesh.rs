@@ -3,11 +3,14 @@
 //! `warren node` processes; these pin down the mesh's own rules quickly.)
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, MeshConfig, OriginHint};
+
+mod support;
+use support::loopback::free_port;
 
 struct Origin {
     chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
@@ -43,16 +46,6 @@ impl ChunkProvider for MemoryNode {
             .iter()
             .map(|w| self.held(w).or_else(|| self.fetch_origin(&w.id)))
             .collect()
-    }
-}
-
-fn free_port(ip: [u8; 4]) -> SocketAddr {
-    loop {
-        let t = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
-        let addr = t.local_addr().unwrap();
-        if UdpSocket::bind(addr).is_ok() {
-            return addr;
-        }
     }
 }
 
