@@ -223,22 +223,7 @@ fn warren_built_images_mount_in_the_kernel() {
     ] {
         let boot = work.path().join(format!("{name}.boot"));
         let blobs = work.path().join(format!("{name}-blobs"));
-        let mut args: Vec<&OsStr> = vec![
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-B".as_ref(),
-            boot.as_os_str(),
-            "-D".as_ref(),
-            blobs.as_os_str(),
-        ];
-        args.extend(flags.iter().map(OsStr::new));
-        args.push(tree.as_os_str());
-        let out = warren(&args);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_image_with(&tree, &boot, &blobs, flags);
         let img = work.path().join(format!("{name}.img"));
         let report = export(&boot, &blobs, &img);
         assert_eq!(report["misplaced_chunks"], serde_json::json!([]), "{name}");

@@ -195,16 +195,28 @@ pub fn warren_ok(args: &[&std::ffi::OsStr]) -> std::process::Output {
 /// `warren create -q TREE` into `dir`: the bootstrap's and the blob directory's paths.
 pub fn create_image(tree: &std::path::Path, dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let (boot, blobs) = (dir.join("image.boot"), dir.join("blobs"));
-    warren_ok(&[
+    create_image_with(tree, &boot, &blobs, &[]);
+    (boot, blobs)
+}
+
+/// `warren create -q -B BOOT -D BLOBS FLAGS... TREE`, panicking with its stderr on failure.
+pub fn create_image_with(
+    tree: &std::path::Path,
+    boot: &std::path::Path,
+    blobs: &std::path::Path,
+    flags: &[&str],
+) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "create".as_ref(),
         "-q".as_ref(),
         "-B".as_ref(),
         boot.as_os_str(),
         "-D".as_ref(),
         blobs.as_os_str(),
-        tree.as_os_str(),
-    ]);
-    (boot, blobs)
+    ];
+    args.extend(flags.iter().map(std::ffi::OsStr::new));
+    args.push(tree.as_os_str());
+    warren_ok(&args);
 }
 
 /// The fixture tree, extracted as root with owners, xattrs and device nodes.
