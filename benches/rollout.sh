@@ -11,6 +11,7 @@
 # Targets (issue 6): with the mesh, registry bytes <= 1.1x the lone node's and p99 <= 2x
 # the lone node's time; without it the registry sends about N times the set.
 #
+# ROLLOUT_THREADS=1 prints the nodes' CPU during each start by thread name (to stderr).
 # ROLLOUT_PERF=FILE records a system-wide perf profile of each run's start into
 # FILE.N.MODE (ROLLOUT_PERF_ARGS: perf's sampling options, default -g).
 # Mode `local` (not run by default) is the floor: the same start with every node already
@@ -132,7 +133,28 @@ start_fleet() {
     fi
 }
 
-# run_fleet N MESH: sets TIMES (ms per node) and BYTES (registry bytes of the run).
+# CPU milliseconds the given processes have used so far, all threads (schedstat: ns).
+cpu_ms() {
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
+        awk '{ns += $1} END {printf "%d", ns / 1000000}'
+}
+# "thread-name ns" for every thread of the given processes (numbered names merged).
+cpu_by_thread() {
+    local p t
+    for p in "$@"; do
+        for t in /proc/"$p"/task/*; do
+            printf '%s %s\n' "$(sed 's/-\?[0-9]*$//' "$t/comm" 2>/dev/null)" "$(cut -d' ' -f1,3 "$t/schedstat" 2>/dev/null)"
+        done
+    done
+}
+# Busy CPU milliseconds of the whole machine so far (/proc/stat, all but idle and iowait).
+machine_busy_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print int(($2 + $3 + $4 + $7 + $8) * 1000 / hz)}' /proc/stat
+}
+
+# run_fleet N MESH: sets TIMES (ms per node), BYTES (registry bytes of the run), and
+# NODE_CPU / BUSY (the nodes' CPU and the machine's busy CPU during the start, ms).
 run_fleet() {
     local n=$1 i b0
     if [ "$2" = local ]; then
@@ -155,11 +177,31 @@ run_fleet() {
         perf=$!
         sleep 0.5
     fi
+    local c0 m0
+    c0=$(cpu_ms "${NODE_PIDS[@]}")
+    o0=$(cpu_ms "${PIDS[@]}")
+    [ -n "${ROLLOUT_THREADS:-}" ] && cpu_by_thread "${NODE_PIDS[@]}" > "$WORK/threads.0"
+    m0=$(machine_busy_ms)
+    x0=$(awk '/^ctxt/ {print $2}' /proc/stat)
     for i in $(seq "$n"); do
         (t0=$(now_ms); chroot "$WORK/n$i/mnt" /bin/bash -c true; echo $(($(now_ms) - t0)) > "$WORK/t.$i") &
         readers+=($!)
     done
     wait "${readers[@]}" || die "a chroot failed"
+    NODE_CPU=$(($(cpu_ms "${NODE_PIDS[@]}") - c0))
+    BUSY=$(($(machine_busy_ms) - m0))
+    ORIGIN_CPU=$(($(cpu_ms "${PIDS[@]}") - o0))
+    if [ -n "${ROLLOUT_THREADS:-}" ]; then
+        # The nodes' CPU during the start by thread name, ms (to stderr).
+        cpu_by_thread "${NODE_PIDS[@]}" | awk -v n="$n" -v mode="$2" '
+            FNR == NR {before[$1] += $2; b[$1] += $3; next} {after[$1] += $2; a[$1] += $3}
+            END {for (t in after) if (after[t] - before[t] >= 500000)
+                printf "  %s nodes %s: %-20s %6.1f ms %7d times on a CPU\n", n, mode, t,
+                    (after[t] - before[t]) / 1e6, a[t] - b[t]}' \
+            "$WORK/threads.0" - | sort -k5 -rn >&2
+        echo "  $n nodes $2: registry and proxy: $ORIGIN_CPU ms" >&2
+        echo "  $n nodes $2: context switches (machine): $(($(awk '/^ctxt/ {print $2}' /proc/stat) - x0))" >&2
+    fi
     if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     BYTES=$(($(bytes_now) - b0))
     TIMES=$(cat "$WORK"/t.* | tr '\n' ' ')
@@ -177,7 +219,9 @@ say "lone node"
 run_fleet 1 off
 LONE_MS=$(echo "$TIMES" | median)
 LONE_BYTES=$BYTES
-declare -A P50 P99 B
+LONE_CPU=$NODE_CPU
+LONE_BUSY=$BUSY
+declare -A P50 P99 B CPU MBUSY
 for n in $FLEETS; do
     for mode in $MODES; do
         say "$n nodes, mesh $mode"
@@ -185,29 +229,36 @@ for n in $FLEETS; do
         P50[$n.$mode]=$(echo "$TIMES" | median)
         P99[$n.$mode]=$(echo "$TIMES" | p99)
         B[$n.$mode]=$BYTES
+        CPU[$n.$mode]=$NODE_CPU
+        MBUSY[$n.$mode]=$BUSY
     done
 done
 
 if [ "$JSON" = 1 ]; then
-    printf '{"rate_bytes_per_s":%s,"lone":{"ms":%s,"registry_bytes":%s},"fleets":[' "$RATE" "$LONE_MS" "$LONE_BYTES"
+    printf '{"rate_bytes_per_s":%s,"lone":{"ms":%s,"registry_bytes":%s,"node_cpu_ms":%s,"busy_cpu_ms":%s},"fleets":[' \
+        "$RATE" "$LONE_MS" "$LONE_BYTES" "$LONE_CPU" "$LONE_BUSY"
     sep=
     for n in $FLEETS; do
         for mode in $MODES; do
-            printf '%s{"nodes":%s,"mesh":"%s","p50_ms":%s,"p99_ms":%s,"registry_bytes":%s,"bytes_over_lone":%s,"p99_over_lone":%s}' \
+            printf '%s{"nodes":%s,"mesh":"%s","p50_ms":%s,"p99_ms":%s,"registry_bytes":%s,"bytes_over_lone":%s,"p99_over_lone":%s,"node_cpu_ms":%s,"busy_cpu_ms":%s}' \
                 "$sep" "$n" "$mode" "${P50[$n.$mode]}" "${P99[$n.$mode]}" "${B[$n.$mode]}" \
-                "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")"
+                "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")" \
+                "${CPU[$n.$mode]}" "${MBUSY[$n.$mode]}"
             sep=,
         done
     done
     printf ']}\n'
 else
     printf '\nrollout of /bin/bash -c true, registry capped at %s MB/s\n' "$(mb "$RATE")"
-    printf '  lone node: %s ms, %s MB from the registry\n' "$LONE_MS" "$(mb "$LONE_BYTES")"
-    printf '  %6s %5s %8s %8s %10s %12s %12s\n' nodes mesh "p50 ms" "p99 ms" "MB" "bytes/lone" "p99/lone"
+    printf '  lone node: %s ms, %s MB from the registry, node CPU %s ms, machine busy %s ms\n' \
+        "$LONE_MS" "$(mb "$LONE_BYTES")" "$LONE_CPU" "$LONE_BUSY"
+    printf '  %6s %5s %8s %8s %10s %12s %12s %13s %13s\n' nodes mesh "p50 ms" "p99 ms" "MB" "bytes/lone" "p99/lone" \
+        "nodes CPU ms" "busy CPU ms"
     for n in $FLEETS; do
         for mode in $MODES; do
-            printf '  %6s %5s %8s %8s %10s %12s %12s\n' "$n" "$mode" "${P50[$n.$mode]}" "${P99[$n.$mode]}" \
-                "$(mb "${B[$n.$mode]}")" "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")"
+            printf '  %6s %5s %8s %8s %10s %12s %12s %13s %13s\n' "$n" "$mode" "${P50[$n.$mode]}" "${P99[$n.$mode]}" \
+                "$(mb "${B[$n.$mode]}")" "$(ratio "${B[$n.$mode]}" "$LONE_BYTES")" "$(ratio "${P99[$n.$mode]}" "$LONE_MS")" \
+                "${CPU[$n.$mode]}" "${MBUSY[$n.$mode]}"
         done
     done
 fi

@@ -2,7 +2,8 @@
 //! chunks fetched by one in-process member from another over the mesh's QUIC transfer,
 //! against the same bytes copied over a loopback TCP connection (the cheapest way to move
 //! them between two sockets). Prints wall time and this process's CPU time for each, and
-//! the ratios. `cargo bench -p warren-peer --bench transfer`
+//! the ratios; then the same for many small fetches, where the cost per request shows.
+//! `cargo bench -p warren-peer --bench transfer`
 //!
 //! Why: a rollout's start on one machine moves every node's startup set between nodes,
 //! so the CPU per byte of the transfer bounds how fast N nodes can start together.
@@ -18,10 +19,26 @@ use warren_peer::{ChunkId, ChunkProvider, ChunkWant, DigestAlgo, Mesh, MeshConfi
 mod loopback;
 use loopback::free_port;
 
-const CHUNK: usize = 1 << 20;
-const CHUNKS: usize = 64;
-/// Chunks asked for in one `Mesh::fetch`, as a window of a read would.
-const PER_FETCH: usize = 4;
+/// One way of moving chunks: their size, how many, and how many one `Mesh::fetch` asks.
+struct Load {
+    chunk: usize,
+    chunks: usize,
+    per_fetch: usize,
+}
+
+/// Bulk: 64 MiB of 1 MiB chunks, four per fetch as a read's window would ask them.
+const BULK: Load = Load {
+    chunk: 1 << 20,
+    chunks: 64,
+    per_fetch: 4,
+};
+/// Requests: 1,000 fetches of one 16 KiB chunk each, where the cost per request (streams,
+/// small packets, acknowledgements, thread wake-ups) is what shows.
+const REQUESTS: Load = Load {
+    chunk: 16 << 10,
+    chunks: 1000,
+    per_fetch: 1,
+};
 
 /// A member that holds every chunk in memory.
 struct Holder(Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>);
@@ -51,10 +68,10 @@ fn measure(f: impl FnOnce()) -> (Duration, Duration) {
     (t0.elapsed(), cpu_time() - c0)
 }
 
-fn chunks() -> Vec<(ChunkWant, Arc<Vec<u8>>)> {
-    (0..CHUNKS)
+fn chunks(load: &Load) -> Vec<(ChunkWant, Arc<Vec<u8>>)> {
+    (0..load.chunks)
         .map(|i| {
-            let data: Vec<u8> = (0..CHUNK)
+            let data: Vec<u8> = (0..load.chunk)
                 .map(|b| (b * 31 + i * 7 + b / 4096) as u8)
                 .collect();
             let id = ChunkId {
@@ -75,7 +92,7 @@ fn chunks() -> Vec<(ChunkWant, Arc<Vec<u8>>)> {
         .collect()
 }
 
-fn over_quic(set: &[(ChunkWant, Arc<Vec<u8>>)]) -> (Duration, Duration) {
+fn over_quic(set: &[(ChunkWant, Arc<Vec<u8>>)], per_fetch: usize) -> (Duration, Duration) {
     let seed = free_port([127, 0, 0, 1]);
     let config = |listen| MeshConfig {
         listen,
@@ -115,9 +132,9 @@ fn over_quic(set: &[(ChunkWant, Arc<Vec<u8>>)]) -> (Duration, Duration) {
         })
         .collect();
     // One warm-up round: connections open, congestion windows grown.
-    asker.fetch(&wants[..PER_FETCH]);
+    asker.fetch(&wants[..per_fetch]);
     measure(|| {
-        for batch in wants.chunks(PER_FETCH) {
+        for batch in wants.chunks(per_fetch) {
             let got = asker.fetch(batch);
             assert!(got.iter().all(|g| g.is_some()), "a chunk did not come");
         }
@@ -138,7 +155,7 @@ fn over_tcp(set: &[(ChunkWant, Arc<Vec<u8>>)]) -> (Duration, Duration) {
         });
         let mut conn = TcpStream::connect(addr).unwrap();
         conn.set_nodelay(true).unwrap();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; set[0].1.len()];
         let run = measure(|| {
             for (i, (want, _)) in set.iter().enumerate() {
                 conn.write_all(&(i as u32).to_le_bytes()).unwrap();
@@ -151,22 +168,26 @@ fn over_tcp(set: &[(ChunkWant, Arc<Vec<u8>>)]) -> (Duration, Duration) {
     })
 }
 
-fn main() {
-    let set = chunks();
-    let mib = (CHUNK * CHUNKS) as f64 / (1 << 20) as f64;
+fn run(load: &Load) {
+    let set = chunks(load);
+    let mib = (load.chunk * load.chunks) as f64 / (1 << 20) as f64;
     let (tcp_wall, tcp_cpu) = over_tcp(&set);
-    let (quic_wall, quic_cpu) = over_quic(&set);
-    let rate = |d: Duration| mib / d.as_secs_f64();
+    let (quic_wall, quic_cpu) = over_quic(&set, load.per_fetch);
+    let fetches = load.chunks.div_ceil(load.per_fetch) as f64;
     let report = |name: &str, wall: Duration, cpu: Duration| {
         println!(
-            "  {name:<13} {:>7.1} ms wall {:>7.1} ms CPU  {:>7.0} MiB/s  {:>7.0} MiB per CPU-second",
+            "  {name:<13} {:>7.1} ms wall {:>7.1} ms CPU  {:>7.0} MiB/s  {:>7.0} MiB per CPU-second  {:>5.0} µs CPU per fetch",
             wall.as_secs_f64() * 1e3,
             cpu.as_secs_f64() * 1e3,
-            rate(wall),
-            rate(cpu)
+            mib / wall.as_secs_f64(),
+            mib / cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / fetches,
         )
     };
-    println!("{mib:.0} MiB in {CHUNK}-byte chunks, both ends in this process:");
+    println!(
+        "{mib:.0} MiB in {} chunks of {} bytes, {} per fetch, both ends in this process:",
+        load.chunks, load.chunk, load.per_fetch
+    );
     report("mesh (QUIC)", quic_wall, quic_cpu);
     report("loopback TCP", tcp_wall, tcp_cpu);
     println!(
@@ -174,4 +195,19 @@ fn main() {
         quic_wall.as_secs_f64() / tcp_wall.as_secs_f64(),
         quic_cpu.as_secs_f64() / tcp_cpu.as_secs_f64()
     );
+}
+
+/// `bulk` or `requests` as an argument runs only that one.
+fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|a| a == name);
+    if wanted("bulk") {
+        run(&BULK);
+    }
+    if wanted("requests") {
+        run(&REQUESTS);
+    }
 }

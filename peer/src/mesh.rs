@@ -86,6 +86,11 @@ fn secret(cfg: &MeshConfig) -> Result<Vec<u8>, MeshError> {
         .ok_or(MeshError::NoSecret)
 }
 
+/// The ceiling of [`MeshConfig::max_datagram_bytes`]: quinn sends up to ten datagrams in
+/// one segmented send, and a send over 65,507 bytes fails outright (every one of its
+/// datagrams is lost).
+const MAX_DATAGRAM_BYTES: u16 = 6_550;
+
 /// QUIC keep-alives well inside the idle timeout, and an idle timeout as long as a
 /// member may stay silent: a connection to a killed member fails (and its requests go
 /// elsewhere) about when membership drops it, not after QUIC's default 30 s.
@@ -96,6 +101,11 @@ fn transport_config(cfg: &MeshConfig) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
+    // Discovery probes up from 1,200 bytes to the ceiling; QUIC's segmentation offload
+    // then sends ten datagrams per system call.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(cfg.max_datagram_bytes.clamp(1200, MAX_DATAGRAM_BYTES));
+    t.mtu_discovery_config(Some(mtu));
     t
 }
 
@@ -134,13 +144,14 @@ fn transfer_endpoint(
             "no async runtime for the transfer socket",
         ))
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        runtime,
-    )
-    .map_err(listen_error)
+    // What this endpoint accepts (and tells peers they may send): at least the ceiling
+    // its own discovery may reach.
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(cfg.max_datagram_bytes.clamp(1472, MAX_DATAGRAM_BYTES))
+        .map_err(|e| listen_error(std::io::Error::other(e.to_string())))?;
+    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+        .map_err(listen_error)
 }
 
 /// Keeps a connection open to every live member, checked once a heartbeat.

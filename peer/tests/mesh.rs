@@ -63,9 +63,16 @@ fn config(listen: SocketAddr, seed: SocketAddr, secret: &str) -> MeshConfig {
 }
 
 fn origin(n: u32) -> Arc<Origin> {
+    origin_of(n, 4096)
+}
+
+/// `n` chunks of about `size` bytes each.
+fn origin_of(n: u32, size: u32) -> Arc<Origin> {
     let chunks = (0..n)
         .map(|i| {
-            let data: Vec<u8> = (0..4096 + i).map(|b| (b * 7 + i) as u8).collect();
+            let data: Vec<u8> = (0..size + i)
+                .map(|b| (b * 7 + i + b / 4096) as u8)
+                .collect();
             let id = ChunkId {
                 algo: DigestAlgo::Blake3,
                 digest: *blake3::hash(&data).as_bytes(),
@@ -157,6 +164,31 @@ fn three_members_fetch_each_chunk_from_the_origin_once() {
     assert_eq!(origin.fetches.load(Ordering::SeqCst), 120);
     let received: u64 = nodes.iter().map(|(m, _)| m.stats().received_chunks).sum();
     assert_eq!(received, 240);
+}
+
+/// Members whose datagram ceilings differ (a jumbo-frame host and one held to 1,200 bytes)
+/// still move large chunks both ways: each sends what the other accepts.
+#[test]
+fn members_with_different_datagram_ceilings_move_large_chunks() {
+    let origin = origin_of(8, 700 << 10);
+    let seed = free_port([127, 0, 0, 1]);
+    let secret = "datagram-ceiling-test-secret";
+    let (a, _) = start_tuned(1, seed, secret, &origin, |c| c.max_datagram_bytes = 6_550);
+    let (b, _) = start_tuned(2, seed, secret, &origin, |c| c.max_datagram_bytes = 1_200);
+    wait_members(&[&a, &b], 2);
+    let wants = wants(&origin);
+    for mesh in [&a, &b] {
+        // Chunks this member owns are its own to fetch from the origin; the rest come over.
+        let theirs: Vec<ChunkWant> = wants
+            .iter()
+            .filter(|w| !mesh.owns(&[w.route])[0])
+            .cloned()
+            .collect();
+        assert!(!theirs.is_empty());
+        for (w, got) in theirs.iter().zip(mesh.fetch(&theirs)) {
+            assert!(w.id.matches(&got.expect("a chunk did not come")));
+        }
+    }
 }
 
 #[test]
