@@ -177,7 +177,7 @@ run_fleet() {
         perf=$!
         sleep 0.5
     fi
-    local c0 m0
+    local c0 m0 o0 x0
     c0=$(cpu_ms "${NODE_PIDS[@]}")
     o0=$(cpu_ms "${PIDS[@]}")
     [ -n "${ROLLOUT_THREADS:-}" ] && cpu_by_thread "${NODE_PIDS[@]}" > "$WORK/threads.0"

@@ -95,8 +95,8 @@ pub const DEFAULT_SERVE_CONCURRENCY: usize = 64;
 pub const DEFAULT_REDIRECT_AFTER: u32 = 4;
 /// Default [`MeshConfig::udp_buffer_bytes`].
 pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
-/// Default [`MeshConfig::max_datagram_bytes`]: the largest size at which a send of ten
-/// segmented datagrams (quinn's batch) still fits the 65,507 bytes one UDP send may carry.
+/// Default [`MeshConfig::max_datagram_bytes`]: a little under 6,550, the largest size at
+/// which ten segmented datagrams (quinn's batch) fit the 65,507 bytes one UDP send carries.
 pub const DEFAULT_MAX_DATAGRAM_BYTES: u16 = 6_500;
 /// Default [`MeshConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 64;
