@@ -18,9 +18,10 @@
 # holding the set, so no fetch at all.
 # Usage: benches/rollout.sh [--nodes "10 20"] [--rate BYTES_PER_S] [--json] [--keep DIR]
 #                           [--hedge-ms MS] [--modes "on off"]
-#                           [--peer-set "KEY = VALUE"]...
+#                           [--peer-set "KEY = VALUE"]... [--node-set "KEY = VALUE"]...
 # (--keep DIR saves each node's metrics and log per run; --hedge-ms MS is short for
-# --peer-set "hedge_ms = MS"; --peer-set "KEY = VALUE" adds a line to every node's [peer].)
+# --peer-set "hedge_ms = MS"; --peer-set "KEY = VALUE" adds a line to every node's [peer],
+# --node-set one to the top of its config, e.g. "store.sync = false".)
 # The harness is meant to be kept and extended (more modes, other sets).
 set -euo pipefail
 
@@ -36,6 +37,7 @@ RATE=$((50 * 1000 * 1000))
 JSON=0
 KEEP=
 PEER_SET=()
+NODE_SET=()
 MODES="on off"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -45,8 +47,9 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=$2; shift 2 ;;
     --hedge-ms) PEER_SET+=("hedge_ms = $2"); shift 2 ;;
     --peer-set) PEER_SET+=("$2"); shift 2 ;;
+    --node-set) NODE_SET+=("$2"); shift 2 ;;
     --modes) MODES=$2; shift 2 ;;
-    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS] [--modes \"on off\"] [--peer-set \"KEY = VALUE\"]" ;;
+    *) die "usage: benches/rollout.sh [--nodes \"10 20\"] [--rate BYTES_PER_S] [--json] [--keep DIR] [--hedge-ms MS] [--modes \"on off\"] [--peer-set \"KEY = VALUE\"] [--node-set \"KEY = VALUE\"]" ;;
     esac
 done
 prepare_registry_bench
@@ -107,6 +110,7 @@ start_fleet() {
         mkdir -p "$dir/mnt"
         {
             printf 'data_dir = "%s/data"\ncache_dir = "%s/cache"\nmetrics_addr = "127.0.0.1:0"\nid = "rollout-%s"\n' "$dir" "$dir" "$i"
+            [ ${#NODE_SET[@]} -gt 0 ] && printf '%s\n' "${NODE_SET[@]}"
             if [ "$mesh" = on ]; then
                 local port
                 port=$(free_peer_port "$ip")
