@@ -86,6 +86,16 @@ fn five_nodes_read_one_image_and_the_origin_sends_it_about_once() {
     );
     assert_eq!(sum(&all, "warren_chunk_digest_failures_total", ""), 0);
     assert_eq!(sum(&all, "warren_peer_bad_chunks_total", ""), 0);
+    // Each node's API lists a connection to every other member, and over loopback path
+    // MTU discovery has taken its datagrams past Ethernet's 1,472 bytes.
+    for n in &nodes {
+        let peers = n.peers();
+        let conns = peers["connections"].as_array().expect("no connections list");
+        assert_eq!(conns.len(), 4, "{peers}");
+        for c in conns {
+            assert!(c["datagram_bytes"].as_u64().unwrap_or(0) > 1_472, "{peers}");
+        }
+    }
 }
 
 #[test]

@@ -268,6 +268,13 @@ impl Mesh {
         self.client.health.bad_peers()
     }
 
+    /// The open transfer connections to other members, with the largest datagram each
+    /// carries now (it grows as path MTU discovery finds room, up to
+    /// [`MeshConfig::max_datagram_bytes`]).
+    pub fn connections(&self) -> Vec<(SocketAddr, u16)> {
+        self.client.datagram_sizes()
+    }
+
     /// The traffic counters so far.
     pub fn stats(&self) -> MeshStatsSnapshot {
         self.stats.snapshot()

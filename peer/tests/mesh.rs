@@ -167,7 +167,8 @@ fn three_members_fetch_each_chunk_from_the_origin_once() {
 }
 
 /// Members whose datagram ceilings differ (a jumbo-frame host and one held to 1,200 bytes)
-/// still move large chunks both ways: each sends what the other accepts.
+/// still move large chunks both ways: each sends what the other accepts. Between two
+/// members with the default ceiling, path MTU discovery finds loopback's room.
 #[test]
 fn members_with_different_datagram_ceilings_move_large_chunks() {
     let origin = origin_of(8, 700 << 10);
@@ -175,9 +176,31 @@ fn members_with_different_datagram_ceilings_move_large_chunks() {
     let secret = "datagram-ceiling-test-secret";
     let (a, _) = start_tuned(1, seed, secret, &origin, |c| c.max_datagram_bytes = 6_550);
     let (b, _) = start_tuned(2, seed, secret, &origin, |c| c.max_datagram_bytes = 1_200);
-    wait_members(&[&a, &b], 2);
+    let (c, _) = start(3, seed, secret, &origin);
+    wait_members(&[&a, &b, &c], 3);
+    let (a_at, b_at, c_at) = (a.me().quic, b.me().quic, c.me().quic);
+    let start = Instant::now();
+    loop {
+        let size = |mesh: &Mesh, peer| {
+            mesh.connections()
+                .into_iter()
+                .find(|(p, _)| *p == peer)
+                .map_or(0, |(_, size)| size)
+        };
+        let (a_c, c_a) = (size(&a, c_at), size(&c, a_at));
+        // b takes at most 1,472 bytes (what any endpoint accepts) and sends at most 1,200.
+        assert!(size(&a, b_at) <= 1_472 && size(&b, a_at) <= 1_200);
+        if a_c > 6_000 && c_a > 6_000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "datagrams between default members stayed at {a_c} and {c_a} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let wants = wants(&origin);
-    for mesh in [&a, &b] {
+    for mesh in [&a, &b, &c] {
         // Chunks this member owns are its own to fetch from the origin; the rest come over.
         let theirs: Vec<ChunkWant> = wants
             .iter()

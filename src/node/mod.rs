@@ -203,6 +203,14 @@ impl Node {
             "me": mesh.me(),
             "members": mesh.members(),
             "bad_peers": mesh.bad_peers(),
+            "connections": mesh
+                .connections()
+                .into_iter()
+                .map(|(peer, datagram_bytes)| serde_json::json!({
+                    "peer": peer,
+                    "datagram_bytes": datagram_bytes,
+                }))
+                .collect::<Vec<_>>(),
             "stats": mesh.stats(),
         }))
     }

@@ -265,6 +265,21 @@ impl Client {
         futures::future::join_all(missing.map(|p| self.connection(*p))).await;
     }
 
+    /// The open connections and the datagram size each has reached (path MTU discovery);
+    /// empty while another task holds the connection table.
+    pub fn datagram_sizes(&self) -> Vec<(SocketAddr, u16)> {
+        let Ok(conns) = self.connections.try_lock() else {
+            return Vec::new();
+        };
+        let mut sizes: Vec<_> = conns
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .map(|(peer, c)| (*peer, c.stats().path.current_mtu))
+            .collect();
+        sizes.sort();
+        sizes
+    }
+
     /// Closes every connection (the node is leaving).
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"node stopping");
