@@ -90,7 +90,9 @@ fn five_nodes_read_one_image_and_the_origin_sends_it_about_once() {
     // MTU discovery has taken its datagrams past Ethernet's 1,472 bytes.
     for n in &nodes {
         let peers = n.peers();
-        let conns = peers["connections"].as_array().expect("no connections list");
+        let conns = peers["connections"]
+            .as_array()
+            .expect("no connections list");
         assert_eq!(conns.len(), 4, "{peers}");
         for c in conns {
             assert!(c["datagram_bytes"].as_u64().unwrap_or(0) > 1_472, "{peers}");

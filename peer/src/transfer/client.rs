@@ -18,7 +18,8 @@ use tokio::time::timeout;
 /// Asks peers for chunks.
 pub struct Client {
     endpoint: quinn::Endpoint,
-    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Open connections by peer; never held across an await.
+    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     /// Connects in progress, so a burst of asks to a new peer makes one handshake.
     connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) health: Arc<PeerHealth>,
@@ -41,7 +42,7 @@ impl Client {
     ) -> Self {
         Client {
             endpoint,
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
             health,
             stats,
@@ -52,16 +53,26 @@ impl Client {
         }
     }
 
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, quinn::Connection>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open connection to `peer`, if there is one.
+    fn open_connection(&self, peer: SocketAddr) -> Option<quinn::Connection> {
+        self.table()
+            .get(&peer)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
     async fn connection(&self, peer: SocketAddr) -> Option<quinn::Connection> {
         let gate = {
             let mut c = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
             c.entry(peer).or_default().clone()
         };
         let _one = gate.lock().await;
-        if let Some(conn) = self.connections.lock().await.get(&peer) {
-            if conn.close_reason().is_none() {
-                return Some(conn.clone());
-            }
+        if let Some(conn) = self.open_connection(peer) {
+            return Some(conn);
         }
         let connecting = match self.endpoint.connect(peer, PEER_NAME) {
             Ok(c) => c,
@@ -72,7 +83,7 @@ impl Client {
         };
         match timeout(self.connect_timeout, connecting).await {
             Ok(Ok(conn)) => {
-                self.connections.lock().await.insert(peer, conn.clone());
+                self.table().insert(peer, conn.clone());
                 Some(conn)
             }
             Ok(Err(e)) => {
@@ -255,7 +266,7 @@ impl Client {
     /// handshake per peer to the first reads.
     pub async fn keep_connected(&self, peers: &[SocketAddr]) {
         let open: Vec<SocketAddr> = {
-            let mut conns = self.connections.lock().await;
+            let mut conns = self.table();
             conns.retain(|_, c| c.close_reason().is_none());
             conns.keys().copied().collect()
         };
@@ -265,13 +276,10 @@ impl Client {
         futures::future::join_all(missing.map(|p| self.connection(*p))).await;
     }
 
-    /// The open connections and the datagram size each has reached (path MTU discovery);
-    /// empty while another task holds the connection table.
+    /// The open connections and the datagram size each has reached (path MTU discovery).
     pub fn datagram_sizes(&self) -> Vec<(SocketAddr, u16)> {
-        let Ok(conns) = self.connections.try_lock() else {
-            return Vec::new();
-        };
-        let mut sizes: Vec<_> = conns
+        let mut sizes: Vec<_> = self
+            .table()
             .iter()
             .filter(|(_, c)| c.close_reason().is_none())
             .map(|(peer, c)| (*peer, c.stats().path.current_mtu))
