@@ -157,6 +157,9 @@ machine_busy_ms() {
     awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print int(($2 + $3 + $4 + $7 + $8) * 1000 / hz)}' /proc/stat
 }
 
+# Context switches of the whole machine so far (/proc/stat).
+context_switches() { awk '/^ctxt/ {print $2}' /proc/stat; }
+
 # run_fleet N MESH: sets TIMES (ms per node), BYTES (registry bytes of the run), and
 # NODE_CPU / BUSY (the nodes' CPU and the machine's busy CPU during the start, ms).
 run_fleet() {
@@ -186,7 +189,7 @@ run_fleet() {
     o0=$(cpu_ms "${PIDS[@]}")
     [ -n "${ROLLOUT_THREADS:-}" ] && cpu_by_thread "${NODE_PIDS[@]}" > "$WORK/threads.0"
     m0=$(machine_busy_ms)
-    x0=$(awk '/^ctxt/ {print $2}' /proc/stat)
+    x0=$(context_switches)
     for i in $(seq "$n"); do
         (t0=$(now_ms); chroot "$WORK/n$i/mnt" /bin/bash -c true; echo $(($(now_ms) - t0)) > "$WORK/t.$i") &
         readers+=($!)
@@ -204,7 +207,7 @@ run_fleet() {
                     (after[t] - before[t]) / 1e6, a[t] - b[t]}' \
             "$WORK/threads.0" - | sort -k5 -rn >&2
         echo "  $n nodes $2: registry and proxy: $ORIGIN_CPU ms" >&2
-        echo "  $n nodes $2: context switches (machine): $(($(awk '/^ctxt/ {print $2}' /proc/stat) - x0))" >&2
+        echo "  $n nodes $2: context switches (machine): $(($(context_switches) - x0))" >&2
     fi
     if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     BYTES=$(($(bytes_now) - b0))

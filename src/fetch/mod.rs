@@ -383,13 +383,16 @@ impl FetchChain {
             let chain = self.clone();
             // Offered to this node's own readers only (an owner's window for members is
             // not read here), and only when someone takes read-ahead.
-            let offer = ask_peers && self.read_ahead.get().is_some();
-            let ahead: Vec<(ChunkRef, ChunkDigest)> = later
-                .iter()
-                .filter(|_| offer)
-                .map(|(c, _)| (*c, self.info(*c).digest))
-                .filter(|(_, d)| !needed.contains(d))
-                .collect();
+            let ahead: Vec<(ChunkRef, ChunkDigest)> =
+                if ask_peers && self.read_ahead.get().is_some() {
+                    later
+                        .iter()
+                        .map(|(c, _)| (*c, self.info(*c).digest))
+                        .filter(|(_, d)| !needed.contains(d))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             background::spawn(move || {
                 let _guard = OnDemand(&chain.on_demand);
                 let mut found = HashMap::new();
